@@ -1,0 +1,1 @@
+"""nnU-Net v2 extension for LightMedSeg."""

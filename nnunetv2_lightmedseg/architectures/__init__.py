@@ -1,0 +1,13 @@
+"""LightMedSeg network, its building blocks and its named presets."""
+from .blocks import DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D
+from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
+from .encoder import AnchorFiLM, TextureRoutedStage
+from .lightmedseg import PRESETS, LightMedSeg, LightMedSegConfig, LightMedSegPriors, get_preset, register_preset
+from .priors import Anchors, GlobalAnchorDetector, LocalStructuralPrior
+
+__all__ = [
+    "AdaptiveMixBlock", "AnchorFiLM", "AnchorPositionBias", "Anchors", "DepthwiseSeparableConv3D", "GhostConv3D",
+    "GlobalAnchorDetector", "LightMedSeg", "LightMedSegConfig", "LightMedSegPriors", "LocalStructuralPrior",
+    "PRESETS", "SegmentationHead", "SkipRouter", "SqueezeExcite3D", "TextureRoutedStage", "get_preset",
+    "register_preset",
+]

@@ -1,0 +1,242 @@
+"""LightMedSeg (Tyagi, Rathi, Goyal, arXiv 2603.07228): the network, its configuration and its named presets."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .blocks import GhostConv3D, Stride3D, resize_to
+from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
+from .encoder import TextureRoutedStage
+from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
+
+StrideLike = Union[int, Sequence[int]]
+
+
+@dataclass(frozen=True)
+class LightMedSegConfig:
+    """Every choice that shapes a LightMedSeg network apart from its input, output and strides.
+
+    widths: (C0, C1, ..., CN): the stem width, then one width per encoder stage (N stages, N strides).
+    The ``use_*`` switches and ``ghost`` replace each named component by its plain alternative
+    (see :class:`LightMedSeg`), so that an ablation is one flag per row.
+    """
+
+    widths: tuple[int, ...] = (16, 20, 32, 64, 160)
+    num_anchors: int = 8
+    router_width: int = 12
+    se_reduction: int = 4
+    anchor_mode: AnchorMode = "softargmax"
+    use_anchors: bool = True
+    use_lspm: bool = True
+    use_film: bool = True
+    use_texture_routing: bool = True
+    use_skip_router: bool = True
+    use_position_bias: bool = True
+    use_adaptive_decoder: bool = True
+    ghost: bool = True
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.widths) - 1
+
+    def scaled(self, width_multiplier: float) -> "LightMedSegConfig":
+        """The same network with every width (and the router width) multiplied, rounded to a multiple of 4."""
+        def scale(c: int) -> int:
+            return max(4, int(round(c * width_multiplier / 4)) * 4)
+        return dataclasses.replace(self, widths=tuple(scale(c) for c in self.widths),
+                                   router_width=scale(self.router_width))
+
+
+PAPER_CONFIG = LightMedSegConfig()
+#: Named presets, timm-style: one configurable class, a registry of configurations.
+PRESETS: dict[str, LightMedSegConfig] = {
+    "tiny": PAPER_CONFIG.scaled(0.5),
+    "small": PAPER_CONFIG.scaled(0.75),
+    "paper": PAPER_CONFIG,
+    "base": PAPER_CONFIG.scaled(1.5),
+    "large": PAPER_CONFIG.scaled(2.0),
+}
+
+
+def register_preset(name: str, config: LightMedSegConfig) -> None:
+    """Add a named preset (for example a trained variant's configuration) to the registry."""
+    if name in PRESETS and PRESETS[name] != config:
+        raise ValueError(f"LightMedSeg preset {name!r} is already registered with another configuration")
+    PRESETS[name] = config
+
+
+def get_preset(name: str) -> LightMedSegConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"Unknown LightMedSeg preset {name!r}; available presets: {', '.join(PRESETS)}") from None
+
+
+def _as_stride(stride: StrideLike) -> Stride3D:
+    if isinstance(stride, int):
+        return (stride, stride, stride)
+    stride = tuple(int(s) for s in stride)
+    if len(stride) != 3 or any(s < 1 for s in stride):
+        raise ValueError(f"A stride must be an int or three positive ints (z, y, x), got {stride}")
+    return stride  # type: ignore[return-value]
+
+
+class LightMedSegPriors(NamedTuple):
+    """What the prior modules saw: anchors (None when switched off) and the texture map T at the stem grid
+    (B, 1, D / s0_z, H / s0_y, W / s0_x), None when the LSPM is switched off."""
+
+    anchors: Optional[Anchors]
+    texture: Optional[torch.Tensor]
+
+
+class LightMedSeg(nn.Module):
+    """LightMedSeg: a 3D segmentation network guided by learned spatial anchors and a texture routing map.
+
+    Data flow (spec: shared/design/lightmedseg.md), for N stages with strides (s0, s2, ..., sN):
+      F0 = GhostConv3D_s0(X)                                   stem, at 1/s0
+      S = GlobalAnchorDetector(F0); (F0', T) = LSPM(F0)        priors
+      E_1 = Stage_1(F0'), E_i = Stage_i(E_{i-1}) (stride s_i)   FiLM(S) + texture routing by T at every stage
+      skip_l = SkipRouter(E_1..E_N)[l]                          per-voxel softmax over all encoder scales
+      D_N = E_N; U = ConvT_{s_{l+1}}(D_{l+1}) + PositionBias_l(S, U); D_l = AdaptiveMix(U, skip_l)
+      Y = ConvTranspose3D_s0(Conv1x1(D_1))                      logits at the input resolution
+
+    Shapes: X (B, C_in, D, H, W), each axis divisible by the product of the strides on that axis ->
+    Y (B, num_classes, D, H, W). With ``deep_supervision=True`` forward returns a list, full resolution first,
+    then Conv1x1(D_1) at 1/s0 and one 1x1 head per coarser decoder level (N outputs in all). The auxiliary
+    heads exist whatever the flag, so a state_dict loads strictly either way.
+
+    Switches (config): ``use_anchors=False`` removes S (FiLM and position bias become identities);
+    ``use_lspm=False`` gives F0' = F0 and T = 0.5; ``use_film=False`` identity FiLM; ``use_texture_routing=False``
+    plain Detail branch; ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False``
+    no bias; ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
+    ``anchor_mode="mlp"`` global pool + MLP anchors.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, strides: Optional[Sequence[StrideLike]] = None,
+                 config: LightMedSegConfig = PAPER_CONFIG, deep_supervision: bool = False) -> None:
+        super().__init__()
+        n = config.num_stages
+        strides = [(2, 2, 2)] * n if strides is None else [_as_stride(s) for s in strides]
+        if len(strides) != n:
+            raise ValueError(f"LightMedSeg with widths {config.widths} has {n} stages and needs {n} strides "
+                             f"(stem first), got {len(strides)}: {strides}")
+        if in_channels < 1 or num_classes < 1:
+            raise ValueError(f"in_channels and num_classes must be positive, got {in_channels} and {num_classes}")
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.strides: list[Stride3D] = strides
+        self.config = config
+        self.deep_supervision = deep_supervision
+
+        c0, stage_widths = config.widths[0], config.widths[1:]
+        k = config.num_anchors
+        use_film = config.use_anchors and config.use_film
+        use_position_bias = config.use_anchors and config.use_position_bias
+
+        self.stem = GhostConv3D(in_channels, c0, stride=strides[0], ghost=config.ghost)
+        self.anchor_detector = GlobalAnchorDetector(c0, k, config.anchor_mode) if config.use_anchors else None
+        self.structural_prior = LocalStructuralPrior(c0) if config.use_lspm else None
+        self.stages = nn.ModuleList(
+            TextureRoutedStage(cin, cout, (1, 1, 1) if i == 0 else strides[i], 4 * k, use_film=use_film,
+                               use_texture_routing=config.use_texture_routing, ghost=config.ghost,
+                               se_reduction=config.se_reduction)
+            for i, (cin, cout) in enumerate(zip((c0,) + stage_widths[:-1], stage_widths)))
+        self.skip_router = SkipRouter(stage_widths, config.router_width) if config.use_skip_router else None
+        # decoder level l (0-based, finest first) receives level l + 1 upsampled by that stage's stride
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose3d(stage_widths[l + 1], stage_widths[l], kernel_size=strides[l + 1], stride=strides[l + 1])
+            for l in range(n - 1))
+        self.position_bias = nn.ModuleList(
+            AnchorPositionBias(stage_widths[l], k) for l in range(n - 1)) if use_position_bias else None
+        self.decoder = nn.ModuleList(
+            AdaptiveMixBlock(stage_widths[l], stage_widths[l], stage_widths[l], adaptive=config.use_adaptive_decoder,
+                             ghost=config.ghost, se_reduction=config.se_reduction)
+            for l in range(n - 1))
+        self.head = SegmentationHead(stage_widths[0], num_classes, strides[0])
+        self.auxiliary_heads = nn.ModuleList(nn.Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
+
+    @classmethod
+    def from_preset(cls, name: str, in_channels: int, num_classes: int,
+                    strides: Optional[Sequence[StrideLike]] = None, deep_supervision: bool = False,
+                    **overrides: Any) -> "LightMedSeg":
+        """Build a registered preset; ``overrides`` replace fields of its config (switches, num_anchors, ...)."""
+        config = get_preset(name)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(LightMedSegConfig)}
+        if unknown:
+            raise TypeError(f"Unknown LightMedSeg option(s) {sorted(unknown)}; "
+                            f"valid: {[f.name for f in dataclasses.fields(LightMedSegConfig)]}")
+        return cls(in_channels, num_classes, strides, dataclasses.replace(config, **overrides), deep_supervision)
+
+    @property
+    def total_stride(self) -> Stride3D:
+        """Per-axis product of the strides: every input axis must be a multiple of it."""
+        return tuple(math.prod(s[a] for s in self.strides) for a in range(3))  # type: ignore[return-value]
+
+    @property
+    def deep_supervision_scales(self) -> list[list[float]]:
+        """Per-axis scale of each deep-supervision output relative to the input, full resolution first."""
+        scales = [[1.0, 1.0, 1.0]]
+        cumulative = [1, 1, 1]
+        for stride in self.strides[:-1]:
+            cumulative = [c * s for c, s in zip(cumulative, stride)]
+            scales.append([1.0 / c for c in cumulative])
+        return scales
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise one clear error for an input the network cannot take."""
+        if x.ndim != 5:
+            raise ValueError(f"LightMedSeg expects a 5D input (B, C, D, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"LightMedSeg was built for {self.in_channels} input channel(s) but got {x.shape[1]} "
+                             f"(input shape {tuple(x.shape)}): check the dataset's channel_names against the model")
+        spatial = tuple(x.shape[2:])
+        divisor = self.total_stride
+        if any(size % d for size, d in zip(spatial, divisor)):
+            raise ValueError(f"LightMedSeg cannot take spatial shape {spatial}: every axis must be divisible by the "
+                             f"total stride {divisor} (strides {self.strides}); pad or crop the input, or choose a "
+                             f"patch size that is a multiple of {divisor}")
+
+    def forward_with_priors(self, x: torch.Tensor
+                            ) -> tuple[Union[torch.Tensor, list[torch.Tensor]], LightMedSegPriors]:
+        """Like ``forward``, and also returns the anchors S and texture map T (for pictures and analysis)."""
+        self.check_input(x)
+        stem = self.stem(x)
+        anchors = self.anchor_detector(stem) if self.anchor_detector is not None else None
+        descriptor = anchors.descriptor() if anchors is not None else None
+        texture = None
+        features = stem
+        if self.structural_prior is not None:
+            features, texture = self.structural_prior(stem)
+
+        encoder = []
+        for stage in self.stages:
+            stage_texture = None
+            if texture is not None:  # T follows each stage to its grid, after that stage's stride
+                stage_texture = resize_to(texture, [f // s for f, s in zip(features.shape[2:], stage.stride)])
+            features = stage(features, descriptor, stage_texture)
+            encoder.append(features)
+
+        skips = self.skip_router(encoder) if self.skip_router is not None else encoder[:-1]
+        decoded = encoder[-1]
+        levels = []
+        for l in reversed(range(len(self.decoder))):
+            up = self.upsample[l](decoded)
+            if self.position_bias is not None:
+                up = self.position_bias[l](up, anchors.positions)
+            decoded = self.decoder[l](up, skips[l])
+            levels.append(decoded)
+        levels.reverse()  # finest first
+
+        full, coarse = self.head(levels[0])
+        priors = LightMedSegPriors(anchors, texture)
+        if not self.deep_supervision:
+            return full, priors
+        return [full, coarse] + [head(level) for head, level in zip(self.auxiliary_heads, levels[1:])], priors
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        return self.forward_with_priors(x)[0]
