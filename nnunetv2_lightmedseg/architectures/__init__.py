@@ -2,12 +2,13 @@
 from .blocks import DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import AnchorFiLM, TextureRoutedStage
-from .lightmedseg import PRESETS, LightMedSeg, LightMedSegConfig, LightMedSegPriors, get_preset, register_preset
+from .lightmedseg import (PRESETS, LightMedSeg, LightMedSegConfig, LightMedSegPriors, deep_supervision_scales,
+                          get_preset, register_preset, total_stride)
 from .priors import Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 __all__ = [
     "AdaptiveMixBlock", "AnchorFiLM", "AnchorPositionBias", "Anchors", "DepthwiseSeparableConv3D", "GhostConv3D",
     "GlobalAnchorDetector", "LightMedSeg", "LightMedSegConfig", "LightMedSegPriors", "LocalStructuralPrior",
     "PRESETS", "SegmentationHead", "SkipRouter", "SqueezeExcite3D", "TextureRoutedStage", "get_preset",
-    "register_preset",
+    "deep_supervision_scales", "register_preset", "total_stride",
 ]

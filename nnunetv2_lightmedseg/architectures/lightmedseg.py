@@ -86,6 +86,21 @@ def _as_stride(stride: StrideLike) -> Stride3D:
     return stride  # type: ignore[return-value]
 
 
+def total_stride(strides: Sequence[StrideLike]) -> Stride3D:
+    """Per-axis product of the strides: every input axis must be a multiple of it."""
+    strides = [_as_stride(s) for s in strides]
+    return tuple(math.prod(s[a] for s in strides) for a in range(3))  # type: ignore[return-value]
+
+
+def deep_supervision_scales(strides: Sequence[StrideLike]) -> list[list[float]]:
+    """Per-axis scales of LightMedSeg's deep-supervision outputs for these strides, full resolution first:
+    1, 1/s0, 1/(s0 s2), ... (one per stage), as nnU-Net's target downsampling expects them."""
+    scales = [[1.0, 1.0, 1.0]]
+    for n in range(1, len(strides)):
+        scales.append([1.0 / t for t in total_stride(strides[:n])])
+    return scales
+
+
 class LightMedSegPriors(NamedTuple):
     """What the prior modules saw: anchors (None when switched off) and the texture map T at the stem grid
     (B, 1, D / s0_z, H / s0_y, W / s0_x), None when the LSPM is switched off."""
@@ -175,17 +190,12 @@ class LightMedSeg(nn.Module):
     @property
     def total_stride(self) -> Stride3D:
         """Per-axis product of the strides: every input axis must be a multiple of it."""
-        return tuple(math.prod(s[a] for s in self.strides) for a in range(3))  # type: ignore[return-value]
+        return total_stride(self.strides)
 
     @property
     def deep_supervision_scales(self) -> list[list[float]]:
         """Per-axis scale of each deep-supervision output relative to the input, full resolution first."""
-        scales = [[1.0, 1.0, 1.0]]
-        cumulative = [1, 1, 1]
-        for stride in self.strides[:-1]:
-            cumulative = [c * s for c, s in zip(cumulative, stride)]
-            scales.append([1.0 / c for c in cumulative])
-        return scales
+        return deep_supervision_scales(self.strides)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise one clear error for an input the network cannot take."""

@@ -1,0 +1,77 @@
+"""What every trainer of this package shares: training length by class attribute, plan checks, unwrapping."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import nn
+from torch._dynamo import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
+
+import nnunetv2_lightmedseg
+
+
+class TrainingLength:
+    """Mixin for nnU-Net trainers: the class attributes replace nnU-Net's 1000 epochs x (250 + 50) iterations.
+
+    A variant is then one class attribute, e.g. ``class X_100epochs(X): epochs = 100``; None keeps nnU-Net's value.
+    The explicit ``__init__`` signature matters: nnU-Net records it to re-create the trainer from a checkpoint.
+    """
+
+    epochs: Optional[int] = None
+    iterations_per_epoch: Optional[int] = None
+    val_iterations_per_epoch: Optional[int] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.epochs is not None:
+            self.num_epochs = self.epochs
+        if self.iterations_per_epoch is not None:
+            self.num_iterations_per_epoch = self.iterations_per_epoch
+        if self.val_iterations_per_epoch is not None:
+            self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The module itself, under DistributedDataParallel and torch.compile wrappers."""
+    if isinstance(network, DistributedDataParallel):
+        network = network.module
+    if isinstance(network, OptimizedModule):
+        network = network._orig_mod
+    return network
+
+
+def require_3d(configuration_manager: ConfigurationManager, trainer_name: str) -> None:
+    """One clear error for a 2D configuration given to a 3D-only network."""
+    patch = configuration_manager.patch_size
+    if len(patch) != 3:
+        raise ValueError(f"{trainer_name} trains a 3D network, but this configuration has a {len(patch)}D patch "
+                         f"{list(patch)}. Use 3d_fullres, 3d_lowres or 3d_cascade_fullres instead of 2d.")
+
+
+def strides_from_plan(configuration_manager: ConfigurationManager, num_stages: int) -> list[tuple[int, int, int]]:
+    """The plan's strides after the leading (1, 1, 1), first ``num_stages``, padded with (1, 1, 1).
+
+    Their product divides every patch the plan makes, since the plan's own strides do.
+    """
+    planned = [tuple(int(v) for v in s) for s in configuration_manager.pool_op_kernel_sizes[1:]]
+    return (planned + [(1, 1, 1)] * num_stages)[:num_stages]
+
+
+def require_divisible_patch(patch_size: Sequence[int], divisor: Sequence[int], trainer_name: str) -> None:
+    """One clear error for a patch the network cannot take (a hand-edited plan, say)."""
+    if any(p % d for p, d in zip(patch_size, divisor)):
+        raise ValueError(f"{trainer_name} cannot take the plan's patch_size {list(patch_size)}: every axis must be a "
+                         f"multiple of the network's total stride {list(divisor)}. Set patch_size in plans.json to a "
+                         f"multiple of {list(divisor)} (the planned patch always is) and preprocess again if needed.")
+
+
+def require_canonical_class(cls: type) -> None:
+    """One clear error when nnU-Net loaded a second copy of our trainer through a wrong ``nnUNet_extTrainer``."""
+    if not cls.__module__.startswith("nnunetv2_lightmedseg."):
+        raise RuntimeError(
+            f"nnU-Net loaded {cls.__name__} from module {cls.__module__!r}, a second copy of nnunetv2_lightmedseg: "
+            f"nnUNet_extTrainer points at a folder inside the package other than its shim folder. Set it with "
+            f"`eval \"$(lightmedseg env)\"`, i.e. nnUNet_extTrainer={nnunetv2_lightmedseg.EXT_TRAINER_DIR}")

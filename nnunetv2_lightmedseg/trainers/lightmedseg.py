@@ -1,0 +1,108 @@
+"""nnU-Net trainers for LightMedSeg: the default one and its short, stable-named variants.
+
+Class names are a persistent API: results folders, checkpoints and nnU-Net's ensembling refer to them by name.
+"""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_scales, get_preset, total_stride
+from nnunetv2_lightmedseg.trainers.common import (TrainingLength, require_3d, require_canonical_class,
+                                                  require_divisible_patch, strides_from_plan, unwrap)
+
+
+class nnUNetTrainerLightMedSeg(TrainingLength, nnUNetTrainer):
+    """LightMedSeg (``paper`` preset, 0.48M parameters) in nnU-Net's pipeline, with deep supervision.
+
+    Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every
+    planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s0, 1/(s0 s2), ...).
+    Optimiser and schedule are nnU-Net's (SGD, lr 1e-2, Nesterov momentum 0.99, weight decay 3e-5, poly decay,
+    1000 epochs x 250 iterations): no measurement has yet shown a reason to change them for this network.
+
+    Variants set ``preset`` (a name in ``nnunetv2_lightmedseg.architectures.PRESETS``), ``network_options``
+    (fields of ``LightMedSegConfig``, e.g. ablation switches) or the ``TrainingLength`` attributes.
+    """
+
+    preset: ClassVar[str] = "paper"
+    network_options: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def network_strides(cls, configuration_manager: ConfigurationManager) -> list[tuple[int, int, int]]:
+        return strides_from_plan(configuration_manager, get_preset(cls.preset).num_stages)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        # a classmethod, not nnU-Net's staticmethod: the predictor calls it on the class, so cls gives variants
+        # their preset without each one repeating this method
+        require_canonical_class(cls)
+        require_3d(configuration_manager, cls.__name__)
+        strides = cls.network_strides(configuration_manager)
+        require_divisible_patch(configuration_manager.patch_size, total_stride(strides), cls.__name__)
+        return LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
+                                       deep_supervision=enable_deep_supervision, **cls.network_options)
+
+    def _get_deep_supervision_scales(self):
+        if not self.enable_deep_supervision:
+            return None
+        return deep_supervision_scales(self.network_strides(self.configuration_manager))
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        unwrap(self.network).deep_supervision = enabled
+
+
+class nnUNetTrainerLightMedSeg_noDS(nnUNetTrainerLightMedSeg):
+    """Without deep supervision: the loss sees only the full-resolution output."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+
+
+# presets: one width multiplier each (see PRESETS)
+class nnUNetTrainerLightMedSeg_tiny(nnUNetTrainerLightMedSeg):
+    preset = "tiny"
+
+
+class nnUNetTrainerLightMedSeg_small(nnUNetTrainerLightMedSeg):
+    preset = "small"
+
+
+class nnUNetTrainerLightMedSeg_base(nnUNetTrainerLightMedSeg):
+    preset = "base"
+
+
+class nnUNetTrainerLightMedSeg_large(nnUNetTrainerLightMedSeg):
+    preset = "large"
+
+
+# training lengths, named like nnU-Net's own nnUNetTrainer_Xepochs so that comparisons pair by name
+class nnUNetTrainerLightMedSeg_5epochs(nnUNetTrainerLightMedSeg):
+    epochs = 5
+
+
+class nnUNetTrainerLightMedSeg_50epochs(nnUNetTrainerLightMedSeg):
+    epochs = 50
+
+
+class nnUNetTrainerLightMedSeg_100epochs(nnUNetTrainerLightMedSeg):
+    epochs = 100
+
+
+class nnUNetTrainerLightMedSeg_250epochs(nnUNetTrainerLightMedSeg):
+    epochs = 250
+
+
+class nnUNetTrainerLightMedSeg_2epochs_10iters(nnUNetTrainerLightMedSeg):
+    """Test size: 2 epochs of 10 training and 2 validation iterations (CPU tests, smoke runs)."""
+
+    epochs = 2
+    iterations_per_epoch = 10
+    val_iterations_per_epoch = 2
