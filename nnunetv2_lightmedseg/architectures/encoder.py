@@ -25,7 +25,8 @@ class AnchorFiLM(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, features: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.linear(descriptor).to(features.dtype)[:, :, None, None, None].chunk(2, dim=1)
+        film = self.linear(descriptor.to(self.linear.weight.dtype)).to(features.dtype)
+        gamma, beta = film[:, :, None, None, None].chunk(2, dim=1)
         return features * (1 + gamma) + beta
 
 

@@ -126,7 +126,8 @@ class LightMedSeg(nn.Module):
     heads exist whatever the flag, so a state_dict loads strictly either way.
 
     Switches (config): ``use_anchors=False`` removes S (FiLM and position bias become identities);
-    ``use_lspm=False`` gives F0' = F0 and T = 0.5; ``use_film=False`` identity FiLM; ``use_texture_routing=False``
+    ``use_lspm=False`` gives F0' = F0 and T = 0.5 (T is not computed either
+    when texture routing is off); ``use_film=False`` identity FiLM; ``use_texture_routing=False``
     plain Detail branch; ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False``
     no bias; ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
     ``anchor_mode="mlp"`` global pool + MLP anchors.
@@ -155,7 +156,8 @@ class LightMedSeg(nn.Module):
 
         self.stem = GhostConv3D(in_channels, c0, stride=strides[0], ghost=config.ghost)
         self.anchor_detector = GlobalAnchorDetector(c0, k, config.anchor_mode) if config.use_anchors else None
-        self.structural_prior = LocalStructuralPrior(c0) if config.use_lspm else None
+        self.structural_prior = (LocalStructuralPrior(c0, texture=config.use_texture_routing) if config.use_lspm
+                                 else None)
         self.stages = nn.ModuleList(
             TextureRoutedStage(cin, cout, (1, 1, 1) if i == 0 else strides[i], 4 * k, use_film=use_film,
                                use_texture_routing=config.use_texture_routing, ghost=config.ghost,
@@ -210,6 +212,10 @@ class LightMedSeg(nn.Module):
             raise ValueError(f"LightMedSeg cannot take spatial shape {spatial}: every axis must be divisible by the "
                              f"total stride {divisor} (strides {self.strides}); pad or crop the input, or choose a "
                              f"patch size that is a multiple of {divisor}")
+        if math.prod(size // d for size, d in zip(spatial, divisor)) < 2:
+            raise ValueError(f"LightMedSeg cannot take spatial shape {spatial}: with total stride {divisor} its "
+                             f"coarsest level is a single voxel, which instance normalisation cannot normalise; "
+                             f"use a larger patch (at least twice the total stride along one axis)")
 
     def forward_with_priors(self, x: torch.Tensor
                             ) -> tuple[Union[torch.Tensor, list[torch.Tensor]], LightMedSegPriors]:

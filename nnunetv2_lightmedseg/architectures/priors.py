@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -49,7 +49,8 @@ class GlobalAnchorDetector(nn.Module):
         self.num_anchors = num_anchors
         if mode == "softargmax":
             self.features = DepthwiseSeparableConv3D(channels, channels)
-            self.heatmaps = nn.Conv3d(channels, num_anchors, 1)
+            # no bias: a constant per heatmap leaves its spatial softmax, and so the anchor, unchanged
+            self.heatmaps = nn.Conv3d(channels, num_anchors, 1, bias=False)
         else:
             hidden = max(channels, 4 * num_anchors)
             self.mlp = nn.Sequential(nn.Linear(channels, hidden), activation(), nn.Linear(hidden, 4 * num_anchors))
@@ -80,19 +81,24 @@ class LocalStructuralPrior(nn.Module):
     Mixing: w = softmax_2(Conv3x3x3(F0)) per voxel; F0' = F0 + w_1 * P_1(F0) + w_2 * P_2(F0) with pointwise
     projections P_1, P_2. The residual keeps F0 reachable, so the mix only adds what helps.
 
+    ``texture=False`` (texture routing switched off elsewhere) builds only the mixing and returns T = None.
+
     Shapes: F0 (B, C0, D, H, W) -> (F0' (B, C0, D, H, W), T (B, 1, D, H, W) in [0, 1]).
     """
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, texture: bool = True) -> None:
         super().__init__()
         self.smooth = nn.Sequential(
-            nn.Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation())
-        self.texture = nn.Conv3d(channels, 1, 1)
+            nn.Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation()
+        ) if texture else None
+        self.texture = nn.Conv3d(channels, 1, 1) if texture else None
         self.gate = nn.Conv3d(channels, 2, 3, padding=1)
         self.projections = nn.Conv3d(channels, 2 * channels, 1, bias=False)
 
-    def forward(self, stem_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        texture = torch.sigmoid(self.texture(torch.abs(self.smooth(stem_features) - stem_features)))
+    def forward(self, stem_features: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        texture = None
+        if self.texture is not None:
+            texture = torch.sigmoid(self.texture(torch.abs(self.smooth(stem_features) - stem_features)))
         weights = torch.softmax(self.gate(stem_features), dim=1)
         first, second = self.projections(stem_features).chunk(2, dim=1)
         mixed = stem_features + weights[:, :1] * first + weights[:, 1:] * second

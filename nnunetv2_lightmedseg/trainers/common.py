@@ -13,7 +13,8 @@ import nnunetv2_lightmedseg
 
 
 class TrainingLength:
-    """Mixin for nnU-Net trainers: the class attributes replace nnU-Net's 1000 epochs x (250 + 50) iterations.
+    """Mixin for nnU-Net trainers: the class attributes replace nnU-Net's 1000 epochs x (250 + 50) iterations
+    and its checkpoint interval (``checkpoint_latest.pth`` every 50 epochs).
 
     A variant is then one class attribute, e.g. ``class X_100epochs(X): epochs = 100``; None keeps nnU-Net's value.
     The explicit ``__init__`` signature matters: nnU-Net records it to re-create the trainer from a checkpoint.
@@ -22,6 +23,7 @@ class TrainingLength:
     epochs: Optional[int] = None
     iterations_per_epoch: Optional[int] = None
     val_iterations_per_epoch: Optional[int] = None
+    checkpoint_every: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -32,6 +34,8 @@ class TrainingLength:
             self.num_iterations_per_epoch = self.iterations_per_epoch
         if self.val_iterations_per_epoch is not None:
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
+        if self.checkpoint_every is not None:
+            self.save_every = self.checkpoint_every
 
 
 def unwrap(network: nn.Module) -> nn.Module:

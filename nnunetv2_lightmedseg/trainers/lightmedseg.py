@@ -101,8 +101,9 @@ class nnUNetTrainerLightMedSeg_250epochs(nnUNetTrainerLightMedSeg):
 
 
 class nnUNetTrainerLightMedSeg_2epochs_10iters(nnUNetTrainerLightMedSeg):
-    """Test size: 2 epochs of 10 training and 2 validation iterations (CPU tests, smoke runs)."""
+    """Test size: 2 epochs of 10 training and 2 validation iterations, a checkpoint every epoch (CPU tests)."""
 
     epochs = 2
     iterations_per_epoch = 10
     val_iterations_per_epoch = 2
+    checkpoint_every = 1

@@ -1,0 +1,348 @@
+"""LightMedSeg network: shapes, errors, gradients, priors, identities at init, switches, budget, deep supervision.
+
+All on the CPU with small inputs (the one 128^3 forward is the budget check); every test seeds torch.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from nnunetv2_lightmedseg.architectures import (PRESETS, AnchorFiLM, AnchorPositionBias, LightMedSeg,
+                                                LightMedSegConfig)
+
+ISO_STRIDES = [(2, 2, 2)] * 4
+ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # total (2, 16, 16), an nnU-Net ACDC-like plan
+#: total stride 8: a 16^3 input keeps a 2^3 bottleneck (InstanceNorm needs more than one voxel there)
+SMALL_STRIDES = [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1)]
+ANCHOR_MODES = ["softargmax", "mlp"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One intra-op thread: on a shared, busy CPU, OpenMP threads spinning at barriers make tiny 3D convolutions
+    up to ten times slower (a 6 s file takes 60 s); one thread is as fast when idle and steady when busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def tiny(in_channels: int = 1, num_classes: int = 3, strides: Any = SMALL_STRIDES, deep_supervision: bool = False,
+         **overrides: Any) -> LightMedSeg:
+    return LightMedSeg.from_preset("tiny", in_channels, num_classes, strides=strides,
+                                   deep_supervision=deep_supervision, **overrides)
+
+
+def perturb_zero_initialised(model: nn.Module, std: float = 0.5) -> None:
+    """Give the zero-initialised output layers (FiLM generators, position-bias embeddings) random weights."""
+    with torch.no_grad():
+        for module in model.modules():
+            layer = (module.linear if isinstance(module, AnchorFiLM)
+                     else module.embed[-1] if isinstance(module, AnchorPositionBias) else None)
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=std)
+                nn.init.normal_(layer.bias, std=std)
+
+
+def ds_loss(outputs: list[torch.Tensor]) -> torch.Tensor:
+    """A loss over every deep-supervision output (non-symmetric, so no gradient cancels by accident)."""
+    return sum(o.square().mean() + o.mean() for o in outputs)
+
+
+def grads_after_backward(model: LightMedSeg, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    loss = ds_loss(model(x))
+    loss.backward()
+    return {name: p.grad for name, p in model.named_parameters()}
+
+
+def matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+# ---------------------------------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("strides, input_shape", [
+    (ISO_STRIDES, (2, 1, 32, 32, 32)),
+    (ISO_STRIDES, (1, 1, 16, 32, 48)),
+    (ANISO_STRIDES, (2, 1, 4, 32, 32)),
+    (ANISO_STRIDES, (1, 1, 6, 48, 80)),  # odd bottleneck (3, 3, 5)
+    ([(1, 2, 2), (1, 1, 1), (1, 2, 2), (1, 1, 1)], (1, 1, 5, 12, 20)),  # total (1, 4, 4), odd everywhere
+])
+def test_output_shape(strides: list, input_shape: tuple[int, ...]) -> None:
+    model = tiny(strides=strides)
+    with torch.no_grad():
+        out, priors = model.forward_with_priors(torch.randn(input_shape))
+    assert out.shape == (input_shape[0], 3, *input_shape[2:])
+    assert priors.anchors.positions.shape == (input_shape[0], 8, 3)
+    assert priors.anchors.confidence.shape == (input_shape[0], 8)
+    stem_grid = tuple(s // t for s, t in zip(input_shape[2:], strides[0]))
+    assert priors.texture.shape == (input_shape[0], 1, *stem_grid)
+    assert torch.isfinite(out).all()
+
+
+def test_undivisible_shape_is_one_clear_error() -> None:
+    model = tiny(strides=ANISO_STRIDES)
+    for shape in [(4, 30, 32), (3, 32, 32)]:
+        with pytest.raises(ValueError, match=re.escape(str(shape))) as error:
+            model(torch.randn(1, 1, *shape))
+        assert "(2, 16, 16)" in str(error.value)  # the divisor
+
+
+def test_wrong_channel_count_is_one_clear_error() -> None:
+    model = tiny(in_channels=2)
+    with pytest.raises(ValueError, match=r"built for 2 input channel\(s\) but got 1"):
+        model(torch.randn(1, 1, 16, 16, 16))
+    with pytest.raises(ValueError, match="5D input"):
+        model(torch.randn(2, 16, 16, 16))
+
+
+# ---------------------------------------------------------------------------------------------------- gradients
+
+#: Parameters whose gradient is exactly zero at initialisation, by construction: the FiLM generators and the
+#: position-bias output convolutions start at zero, so nothing flows back through them into the anchor detector,
+#: the position-bias hidden layer, or the position-bias gate (which multiplies a zero bias).
+ZERO_GRAD_AT_INIT = ["anchor_detector.*", "position_bias.*.embed.0.*", "position_bias.*.gate.*"]
+#: Parameters whose gradient is zero analytically but not bitwise (float rounding), at initialisation only:
+#: the transposed-convolution bias adds a per-channel constant that the decoder's 1x1 fuse (no bias) and
+#: InstanceNorm remove; it reaches the loss only through the position-bias gate, which is off at init.
+NUMERICALLY_ZERO_AT_INIT = ["upsample.*.bias"]
+
+
+@pytest.mark.parametrize("mode", ANCHOR_MODES)
+def test_gradients_at_init(mode: str) -> None:
+    model = tiny(in_channels=2, deep_supervision=True, anchor_mode=mode)
+    grads = grads_after_backward(model, torch.randn(2, 2, 16, 16, 16))
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    exactly_zero = {n for n, g in grads.items() if not g.any()}
+    expected_zero = {n for n in grads if matches(n, ZERO_GRAD_AT_INIT)}
+    assert exactly_zero - {n for n in grads if matches(n, NUMERICALLY_ZERO_AT_INIT)} == expected_zero
+    assert len(expected_zero) >= 4 * 3  # the detector's layers and three position-bias levels were really matched
+    for name in grads:
+        if matches(name, NUMERICALLY_ZERO_AT_INIT):
+            weight_grad = grads[name.replace(".bias", ".weight")].abs().max()
+            assert grads[name].abs().max() < 1e-4 * weight_grad, name
+
+
+@pytest.mark.parametrize("mode", ANCHOR_MODES)
+def test_gradients_reach_every_parameter(mode: str) -> None:
+    """Once the zero-initialised layers have moved (as after the first steps), every parameter learns."""
+    model = tiny(in_channels=2, deep_supervision=True, anchor_mode=mode)
+    perturb_zero_initialised(model)
+    grads = grads_after_backward(model, torch.randn(2, 2, 16, 16, 16))
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    # live gradients here are >= 5e-6 (SE of stage 0 is the smallest); rounding noise is ~1e-8
+    weak = {n: g.abs().max().item() for n, g in grads.items() if g.abs().max() <= 1e-7}
+    assert not weak, weak
+
+
+# ---------------------------------------------------------------------------------------------------- priors
+
+@pytest.mark.parametrize("mode", ANCHOR_MODES)
+@pytest.mark.parametrize("scale", [1.0, 100.0])
+def test_anchors_and_texture_in_unit_range(mode: str, scale: float) -> None:
+    model = tiny(in_channels=2, strides=ANISO_STRIDES, anchor_mode=mode)
+    perturb_zero_initialised(model)
+    with torch.no_grad():
+        _, (anchors, texture) = model.forward_with_priors(scale * torch.randn(2, 2, 4, 32, 32))
+    for tensor in (anchors.positions, anchors.confidence, texture):
+        assert torch.isfinite(tensor).all()
+        assert tensor.min() >= 0 and tensor.max() <= 1
+    if mode == "softargmax":  # a soft-argmax lies in the convex hull of the voxel centres (i + 0.5) / n
+        grid = torch.tensor([4, 16, 16], dtype=torch.float32)  # stem grid: (4, 32, 32) / (1, 2, 2)
+        eps = 1e-5
+        assert (anchors.positions >= 0.5 / grid - eps).all() and (anchors.positions <= 1 - 0.5 / grid + eps).all()
+
+
+def test_film_starts_at_identity() -> None:
+    film = AnchorFiLM(descriptor_size=32, channels=12)
+    features, descriptor = torch.randn(2, 12, 4, 5, 6), torch.rand(2, 32)
+    assert torch.equal(film(features, descriptor), features)
+    model = tiny()
+    for stage in model.stages:
+        channels = stage.film.linear.out_features // 2
+        features = torch.randn(2, channels, 3, 3, 3)
+        assert torch.equal(stage.film(features, torch.rand(2, stage.film.linear.in_features)), features)
+
+
+def test_position_bias_starts_at_identity() -> None:
+    bias = AnchorPositionBias(channels=12, num_anchors=8)
+    features, positions = torch.randn(2, 12, 4, 5, 6), torch.rand(2, 8, 3)
+    assert torch.equal(bias(features, positions), features)
+    model = tiny()
+    for level, block in enumerate(model.position_bias):
+        features = torch.randn(2, model.config.widths[1 + level], 3, 3, 3)
+        assert torch.equal(block(features, positions), features)
+
+
+def test_network_without_film_and_position_bias_equals_full_network_at_init() -> None:
+    """FiLM and the position bias are identities at init: dropping them (same other weights) changes nothing."""
+    full = tiny(in_channels=2)
+    plain = tiny(in_channels=2, use_film=False, use_position_bias=False)
+    result = plain.load_state_dict(full.state_dict(), strict=False)
+    assert not result.missing_keys
+    assert result.unexpected_keys and all(k.startswith(("anchor_detector.", "position_bias.")) or ".film." in k
+                                          for k in result.unexpected_keys)
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(full(x), plain(x), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------- switches
+
+SWITCHES: dict[str, dict[str, Any]] = {
+    "no_anchors": {"use_anchors": False},
+    "mlp_anchors": {"anchor_mode": "mlp"},
+    "no_lspm": {"use_lspm": False},
+    "no_film": {"use_film": False},
+    "no_texture_routing": {"use_texture_routing": False},
+    "no_skip_router": {"use_skip_router": False},
+    "no_position_bias": {"use_position_bias": False},
+    "no_adaptive_decoder": {"use_adaptive_decoder": False},
+    "no_ghost": {"ghost": False},
+    "all_off": {"use_anchors": False, "use_lspm": False, "use_film": False, "use_texture_routing": False,
+                "use_skip_router": False, "use_position_bias": False, "use_adaptive_decoder": False, "ghost": False},
+}
+
+
+def check_switch_structure(model: LightMedSeg, overrides: dict[str, Any]) -> None:
+    """The switched-off component is really gone (replaced by its plain alternative)."""
+    stages = list(model.stages)
+    if overrides.get("use_anchors") is False:
+        assert model.anchor_detector is None and model.position_bias is None
+        assert all(s.film is None for s in stages)
+    if overrides.get("anchor_mode") == "mlp":
+        assert model.anchor_detector.mode == "mlp"
+    if overrides.get("use_lspm") is False:
+        assert model.structural_prior is None
+    if overrides.get("use_film") is False:
+        assert all(s.film is None for s in stages)
+    if overrides.get("use_texture_routing") is False:
+        assert all(s.smooth is None for s in stages)
+    if overrides.get("use_skip_router") is False:
+        assert model.skip_router is None
+    if overrides.get("use_position_bias") is False:
+        assert model.position_bias is None
+    if overrides.get("use_adaptive_decoder") is False:
+        assert not any(block.adaptive for block in model.decoder)
+    if overrides.get("ghost") is False:
+        assert model.stem.cheap is None and all(s.project.cheap is None for s in stages)
+
+
+@pytest.mark.parametrize("switch", SWITCHES)
+def test_switch_off_builds_runs_and_trains(switch: str) -> None:
+    overrides = SWITCHES[switch]
+    model = tiny(in_channels=2, deep_supervision=True, **overrides)
+    check_switch_structure(model, overrides)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    x = torch.randn(2, 2, 16, 16, 16)
+    outputs, priors = model.forward_with_priors(x)
+    assert (priors.anchors is None) == (overrides.get("use_anchors") is False)
+    assert (priors.texture is None) == (overrides.get("use_lspm") is False
+                                        or overrides.get("use_texture_routing") is False)
+    targets = [torch.randn_like(o) for o in outputs]
+    loss = sum(nn.functional.mse_loss(o, t) for o, t in zip(outputs, targets))
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == [], "unused parameters break DDP"
+    optimizer.step()
+
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        moved = not torch.equal(p, before[name])
+        if p.grad is not None and p.grad.abs().max() > 1e-6:
+            assert moved, name
+        elif p.grad is None or not p.grad.any():  # plain SGD: no gradient, no step
+            assert not moved, name
+    assert sum(not torch.equal(p, before[n]) for n, p in model.named_parameters()) > len(before) // 2
+    with torch.no_grad():
+        assert torch.isfinite(sum(nn.functional.mse_loss(o, t) for o, t in zip(model(x), targets)))
+
+
+# ---------------------------------------------------------------------------------------------------- budget
+
+def test_paper_preset_budget() -> None:
+    """0.48M parameters within 5% and 14.64 GFLOPs within 10% at 1 x 4 x 128^3, 4 outputs."""
+    model = LightMedSeg.from_preset("paper", in_channels=4, num_classes=4, strides=ISO_STRIDES).eval()
+    params = sum(p.numel() for p in model.parameters())
+    assert abs(params / 0.48e6 - 1) < 0.05, params
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(torch.randn(1, 4, 128, 128, 128))
+    assert out.shape == (1, 4, 128, 128, 128)
+    flops = counter.get_total_flops()  # counts 2 FLOPs per multiply-add
+    assert abs(flops / 14.64e9 - 1) < 0.10, flops
+
+
+# ---------------------------------------------------------------------------------------------------- deep supervision
+
+@pytest.mark.parametrize("strides, input_shape", [
+    (ISO_STRIDES, (1, 1, 16, 16, 32)),
+    (ANISO_STRIDES, (2, 1, 4, 32, 32)),
+    (SMALL_STRIDES, (1, 1, 16, 16, 24)),
+])
+def test_deep_supervision_outputs_match_scales(strides: list, input_shape: tuple[int, ...]) -> None:
+    model = tiny(strides=strides, deep_supervision=True)
+    with torch.no_grad():
+        outputs = model(torch.randn(input_shape))
+    scales = model.deep_supervision_scales
+    assert isinstance(outputs, list) and len(outputs) == len(scales) == len(strides)
+    assert scales[0] == [1.0, 1.0, 1.0]
+    for output, scale in zip(outputs, scales):
+        expected = [size * s for size, s in zip(input_shape[2:], scale)]
+        assert all(e == int(e) for e in expected), (input_shape, scale)
+        assert output.shape == (input_shape[0], 3, *map(int, expected))
+
+
+def test_deep_supervision_state_dict_loads_strictly_without_it() -> None:
+    trained = tiny(in_channels=2, deep_supervision=True)
+    perturb_zero_initialised(trained)  # so that the anchors matter to the outputs compared below
+    inference = tiny(in_channels=2, deep_supervision=False)
+    inference.load_state_dict(trained.state_dict(), strict=True)
+    trained.load_state_dict(inference.state_dict(), strict=True)  # and back
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(inference(x), trained(x)[0], rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- presets
+
+def test_unknown_preset_lists_available_presets() -> None:
+    with pytest.raises(ValueError, match="no_such_preset") as error:
+        LightMedSeg.from_preset("no_such_preset", 1, 2)
+    assert all(name in str(error.value) for name in PRESETS)
+
+
+def test_unknown_option_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="use_nonsense"):
+        LightMedSeg.from_preset("tiny", 1, 2, use_nonsense=True)
+    assert {"use_anchors", "anchor_mode", "ghost"} <= set(LightMedSegConfig.__dataclass_fields__)
+
+
+# ---------------------------------------------------------------------------------------------------- dtypes and tiny inputs
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_softargmax_network_runs_in_other_dtypes(dtype: torch.dtype) -> None:
+    model = tiny().to(dtype)
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 16, 16, 16, dtype=dtype)).dtype == dtype
+
+
+def test_single_voxel_bottleneck_is_clearly_refused() -> None:
+    model = tiny(strides=ISO_STRIDES).eval()  # total stride 16; 16^3 -> 1^3 bottleneck
+    with pytest.raises(ValueError, match=r"LightMedSeg cannot take spatial shape \(16, 16, 16\).*single voxel"):
+        model(torch.randn(1, 1, 16, 16, 16))
+    assert model(torch.randn(1, 1, 16, 16, 32)).shape[2:] == (16, 16, 32)
