@@ -83,6 +83,43 @@ class nnUNetTrainerLightMedSeg_large(nnUNetTrainerLightMedSeg):
     preset = "large"
 
 
+# ablations: each replaces one named component by its plain alternative (see LightMedSeg's docstring)
+class nnUNetTrainerLightMedSeg_noAnchors(nnUNetTrainerLightMedSeg):
+    network_options = {"use_anchors": False}
+
+
+class nnUNetTrainerLightMedSeg_mlpAnchors(nnUNetTrainerLightMedSeg):
+    network_options = {"anchor_mode": "mlp"}
+
+
+class nnUNetTrainerLightMedSeg_noLSPM(nnUNetTrainerLightMedSeg):
+    network_options = {"use_lspm": False}
+
+
+class nnUNetTrainerLightMedSeg_noFiLM(nnUNetTrainerLightMedSeg):
+    network_options = {"use_film": False}
+
+
+class nnUNetTrainerLightMedSeg_noTextureRouting(nnUNetTrainerLightMedSeg):
+    network_options = {"use_texture_routing": False}
+
+
+class nnUNetTrainerLightMedSeg_noSkipRouter(nnUNetTrainerLightMedSeg):
+    network_options = {"use_skip_router": False}
+
+
+class nnUNetTrainerLightMedSeg_noPositionBias(nnUNetTrainerLightMedSeg):
+    network_options = {"use_position_bias": False}
+
+
+class nnUNetTrainerLightMedSeg_noAdaptiveDecoder(nnUNetTrainerLightMedSeg):
+    network_options = {"use_adaptive_decoder": False}
+
+
+class nnUNetTrainerLightMedSeg_noGhost(nnUNetTrainerLightMedSeg):
+    network_options = {"ghost": False}
+
+
 # training lengths, named like nnU-Net's own nnUNetTrainer_Xepochs so that comparisons pair by name
 class nnUNetTrainerLightMedSeg_5epochs(nnUNetTrainerLightMedSeg):
     epochs = 5
@@ -105,5 +142,17 @@ class nnUNetTrainerLightMedSeg_2epochs_10iters(nnUNetTrainerLightMedSeg):
 
     epochs = 2
     iterations_per_epoch = 10
+    val_iterations_per_epoch = 2
+    checkpoint_every = 1
+
+
+class nnUNetTrainerLightMedSeg_5epochs_30iters(nnUNetTrainerLightMedSeg):
+    """Quick experiment: 5 epochs of 30 training and 2 validation iterations, a checkpoint every epoch.
+
+    About the least that segments the generated test data better than chance on a CPU (tests, demos).
+    """
+
+    epochs = 5
+    iterations_per_epoch = 30
     val_iterations_per_epoch = 2
     checkpoint_every = 1

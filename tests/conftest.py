@@ -1,0 +1,69 @@
+"""Shared fixtures: nnU-Net folders on tiny generated datasets, and the real nnU-Net commands in subprocesses."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nnunetv2_lightmedseg
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BIN = Path(sys.executable).parent
+
+
+class NnUNetEnv:
+    """nnU-Net's three folders under one temporary root, and a runner for ``nnUNetv2_*`` commands on the CPU."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.raw, self.preprocessed, self.results = root / "raw", root / "preprocessed", root / "results"
+        for folder in (self.raw, self.preprocessed, self.results):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+            "nnUNet_results": str(self.results),
+            "nnUNet_extTrainer": nnunetv2_lightmedseg.ext_trainer_value(""),
+            "nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "OMP_NUM_THREADS": "2",
+            "PYTHONWARNINGS": "ignore",
+        }
+
+    def command(self, *args: str, extra_env: dict | None = None) -> tuple[list[str], dict]:
+        """Argument list (the command from this interpreter's bin folder) and environment for an nnU-Net command."""
+        env = {**self.env, **(extra_env or {})}
+        if args[0] == "nnUNetv2_train":  # in-process augmentation: deterministic and as fast on 2 cores
+            env.setdefault("nnUNet_n_proc_DA", "0")
+        return [str(BIN / args[0]), *args[1:]], env
+
+    def run(self, *args: str, check: bool = True, extra_env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run an nnU-Net command to its end; on failure show its output."""
+        argv, env = self.command(*args, extra_env=extra_env)
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                                 f"{proc.stderr[-4000:]}")
+        return proc
+
+    def model_folder(self, dataset: str, trainer: str, configuration: str = "3d_fullres") -> Path:
+        return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}"
+
+
+@pytest.fixture(scope="session")
+def nnunet_env(tmp_path_factory) -> NnUNetEnv:
+    return NnUNetEnv(tmp_path_factory.mktemp("nnunet"))
+
+
+@pytest.fixture(scope="session")
+def shared_dataset():
+    """``shared_dataset(name)``: the shared raw dataset folder, or a skip that says why (a user's clone has no
+    ../shared beside it)."""
+    def get(name: str) -> Path:
+        folder = SHARED_DATA / name
+        if not folder.is_dir():
+            pytest.skip(f"{folder} is absent: real-data checks need the ../shared folder beside the repository")
+        return folder
+    return get
