@@ -4,7 +4,7 @@ Each case holds three labelled structures whose intensities overlap each other a
 distractor blobs of the same intensities, a smooth multiplicative bias field and Gaussian noise, so that a
 network must use shape and boundaries, not a threshold:
   1 "core": an ellipsoid;  2 "wall": a shell of varying thickness around the core (like a myocardium);
-  3 "tube": a curved tube elsewhere in the volume.
+  3 "tube": a long curved tube, clear of the wall.
 ``regions=True`` instead writes a BraTS-like, two-channel, region-based dataset: nested labels 1 (outer),
 2 (middle), 3 (inner), trained as regions [1, 2, 3], [2, 3], [3], with channel 0 showing the outer two and
 channel 1 the inner one.
@@ -48,14 +48,37 @@ def _smooth_field(rng: np.random.Generator, grid: np.ndarray, extent: np.ndarray
     return np.exp(strength * field / 3)
 
 
-def _tube(rng: np.random.Generator, grid: np.ndarray, extent: np.ndarray, avoid: np.ndarray) -> np.ndarray:
-    """A curved tube (a quadratic Bezier curve swept by a sphere), placed away from ``avoid``."""
-    radius = rng.uniform(0.06, 0.09) * extent.min()
-    far = np.where(avoid < 0.5, extent * 0.85, extent * 0.15)  # the side of the volume opposite the core
-    p0, p1, p2 = (far + rng.uniform(-0.12, 0.12, size=(3, 3)) * extent)
+def _tube(rng: np.random.Generator, grid: np.ndarray, extent: np.ndarray, clear_of) -> np.ndarray:
+    """A long curved tube (a quadratic Bezier curve swept by a sphere) inside the volume, clear of the structure
+    whose distance (mm, > 0 outside) ``clear_of(points)`` returns for points (3, N).
+
+    The curve is 0.45 to 1.2 times the volume's longest extent long, so that its shape, not its intensity, tells it
+    from the round distractor blobs; its centre line keeps 1.5 radii from the volume's faces and, when the
+    rejection sampling finds one within 200 draws, 1.5 radii from the structure (else the clearest draw is taken).
+    """
+    radius = rng.uniform(0.06, 0.08) * extent.min()
+    low, high = radius * 1.5, extent - radius * 1.5
+    t = np.linspace(0, 1, 64)[:, None]
+    best, best_score = None, -np.inf
+    for _ in range(200):
+        p0, p1, p2 = rng.uniform(low, high, size=(3, 3))
+        curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2  # (64, 3)
+        length = np.linalg.norm(np.diff(curve, axis=0), axis=1).sum()
+        clearance = clear_of(curve.T) / radius
+        if length < 0.45 * extent.max() or length > 1.2 * extent.max():
+            continue
+        score = min(clearance.min(), 2.0) + length / extent.max()
+        if clearance.min() > 1.5:
+            best = curve
+            break
+        if score > best_score:
+            best, best_score = curve, score
+    if best is None:  # only for odd shapes: fall back to a straight tube along the longest axis
+        axis = int(np.argmax(extent))
+        best = np.repeat((extent / 2)[None], 64, axis=0)
+        best[:, axis] = np.linspace(low[axis], high[axis], 64)
     mask = np.zeros(grid.shape[1:], bool)
-    for t in np.linspace(0, 1, 24):
-        point = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2
+    for point in best[::2]:  # points about a radius apart or closer: a smooth tube
         mask |= ((grid - point[:, None, None, None]) ** 2).sum(0) < radius ** 2
     return mask
 
@@ -70,8 +93,14 @@ def make_case(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[
     rotation = _random_rotation(rng)
     radii = rng.uniform(0.12, 0.2, size=3) * extent.min()
     r = _ellipsoid_distance(grid, centre, radii, rotation)
-    thickness = rng.uniform(0.35, 0.6) * (1 + 0.25 * np.cos(np.arctan2(grid[2] - centre[2], grid[1] - centre[1])))
+    base_thickness = rng.uniform(0.35, 0.6)
+    thickness = base_thickness * (1 + 0.25 * np.cos(np.arctan2(grid[2] - centre[2], grid[1] - centre[1])))
     core, shell = r < 1, (r >= 1) & (r < 1 + thickness)
+
+    def outside_wall(points: np.ndarray) -> np.ndarray:
+        """Roughly how far (mm) points (3, N) lie outside the wall's outer surface (negative: inside)."""
+        local = rotation.T @ (points - centre[:, None])
+        return (np.sqrt(((local / radii[:, None]) ** 2).sum(0)) - (1 + 1.25 * base_thickness)) * radii.min()
 
     labels = np.zeros(shape, np.uint8)
     if regions:
@@ -82,7 +111,7 @@ def make_case(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[
         means = [(0.0, 0.0), (1.0, 0.2), (1.3, 0.4), (0.9, 1.4)]  # per label, per channel
         num_channels = 2
     else:
-        tube = _tube(rng, grid, extent, centre_frac) & ~core & ~shell
+        tube = _tube(rng, grid, extent, outside_wall) & ~core & ~shell
         labels[shell] = 2
         labels[core] = 1
         labels[tube] = 3
