@@ -1,0 +1,185 @@
+"""The stock nnU-Net commands with nnUNetTrainerLightMedSeg on tiny generated data (CPU, subprocesses).
+
+Covers: plan and preprocess, two folds, --c after a killed run, --val --npz, nnUNetv2_predict over two folds,
+nnUNetv2_find_best_configuration, the nnUNetPredictor API, scoring with nnU-Net's own evaluation, an
+anisotropic plan, a region-based two-channel dataset, and the clear errors.
+"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
+
+from nnunetv2_lightmedseg.synthetic import make_dataset
+
+TRAINER = "nnUNetTrainerLightMedSeg_5epochs_30iters"  # learns enough to beat chance on the generated data
+PLUMBING = "nnUNetTrainerLightMedSeg_2epochs_10iters"  # for what needs no learning
+ISO, ANISO, REGIONS = "Dataset991_Iso", "Dataset992_Aniso", "Dataset993_Regions"
+
+
+def _plans(env, dataset: str) -> dict:
+    return json.loads((env.preprocessed / dataset / "nnUNetPlans.json").read_text())
+
+
+def _mean_foreground_dice(summary: dict) -> float:
+    return summary["foreground_mean"]["Dice"]
+
+
+def _score(env, dataset: str, predictions: Path) -> dict:
+    """nnU-Net's own evaluation of a prediction folder against the dataset's labelsTs (labels or regions)."""
+    compute_metrics_on_folder2(str(env.raw / dataset / "labelsTs"), str(predictions),
+                               str(env.raw / dataset / "dataset.json"),
+                               str(env.preprocessed / dataset / "nnUNetPlans.json"), num_processes=1)
+    return load_summary_json(str(predictions / "summary.json"))
+
+
+@pytest.fixture(scope="module")
+def iso(nnunet_env):
+    """10 training + 2 labelled test cases of 32^3, planned and preprocessed; folds 0 and 1 trained with --npz."""
+    make_dataset(nnunet_env.raw, 991, "Iso", num_train=10, num_test=2, shape=(32, 32, 32), seed=1)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "2")
+    for fold in ("0", "1"):
+        nnunet_env.run("nnUNetv2_train", "991", "3d_fullres", fold, "-tr", TRAINER, "-device", "cpu", "--npz")
+    return nnunet_env
+
+
+def test_two_folds_train_and_validate(iso):
+    folder = iso.model_folder(ISO, TRAINER)
+    for fold in (0, 1):
+        assert (folder / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+        summary = json.loads((folder / f"fold_{fold}" / "validation" / "summary.json").read_text())
+        assert set(summary["mean"]) == {"1", "2", "3"}
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == TRAINER
+    assert checkpoint["current_epoch"] == 5
+    assert sum(v.numel() for k, v in checkpoint["network_weights"].items()) > 0
+
+
+def test_val_npz_reruns_validation(iso):
+    folder = iso.model_folder(ISO, TRAINER) / "fold_0" / "validation"
+    (folder / "summary.json").unlink()
+    iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu", "--val", "--npz")
+    assert (folder / "summary.json").is_file()
+    assert list(folder.glob("*.npz")), "--npz must write softmax outputs"
+
+
+def test_predict_two_folds_scores_above_chance(iso, tmp_path):
+    out = tmp_path / "pred"
+    iso.run("nnUNetv2_predict", "-i", str(iso.raw / ISO / "imagesTs"), "-o", str(out), "-d", "991",
+            "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1")
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (iso.raw / ISO / "labelsTs").iterdir())
+    summary = _score(iso, ISO, out)
+    # an untrained network predicts background or noise (Dice ~0); a few iterations already beat that
+    assert _mean_foreground_dice(summary) > 0.05, summary["mean"]
+
+
+def test_find_best_configuration(iso):
+    iso.run("nnUNetv2_find_best_configuration", "991", "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "1")
+    instructions = (iso.results / ISO / "inference_instructions.txt").read_text()
+    assert TRAINER in instructions and "nnUNetv2_predict" in instructions
+
+
+def test_predictor_api_matches_cli(iso, tmp_path):
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    import nnunetv2_lightmedseg
+    nnunetv2_lightmedseg.enable()
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(iso.model_folder(ISO, TRAINER)), use_folds=(0,),
+                                                   checkpoint_name="checkpoint_final.pth")
+    predictor.predict_from_files(str(iso.raw / ISO / "imagesTs"), str(tmp_path), save_probabilities=False,
+                                 overwrite=True, num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    assert len(list(tmp_path.glob("*.nii.gz"))) == 2
+    assert _mean_foreground_dice(_score(iso, ISO, tmp_path)) > 0.0
+
+
+def test_resume_after_kill(iso):
+    """SIGKILL in the middle of epoch 1, then --c: training ends at the same epoch count as an uninterrupted run."""
+    fold_dir = iso.model_folder(ISO, PLUMBING) / "fold_2"
+    argv, env = iso.command("nnUNetv2_train", "991", "3d_fullres", "2", "-tr", PLUMBING, "-device", "cpu")
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            logs = list(fold_dir.glob("training_log_*.txt"))
+            if logs and re.search(r"Epoch 1\s*$", logs[0].read_text(), re.M):  # nnU-Net writes "Epoch 1 "
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (fold_dir / "checkpoint_latest.pth").is_file() and not (fold_dir / "checkpoint_final.pth").exists()
+    resumed_from = torch.load(fold_dir / "checkpoint_latest.pth", map_location="cpu", weights_only=False)
+    assert resumed_from["current_epoch"] == 1
+    iso.run("nnUNetv2_train", "991", "3d_fullres", "2", "-tr", PLUMBING, "-device", "cpu", "--c")
+    final = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["current_epoch"] == 2
+    assert len(final["logging"]["train_losses"]) == 2, "epoch 0 kept, epoch 1 retrained: nothing else lost"
+
+
+def test_anisotropic_plan(nnunet_env, tmp_path):
+    """Few thick slices, many pixels: the plan's strides are anisotropic and the network follows them."""
+    make_dataset(nnunet_env.raw, 992, "Aniso", num_train=6, num_test=1, shape=(8, 64, 48), spacing=(6.0, 1.0, 1.0),
+                 seed=2)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "2")
+    config = _plans(nnunet_env, ANISO)["configurations"]["3d_fullres"]
+    strides = config["architecture"]["arch_kwargs"]["strides"]
+    assert any(s[0] == 1 and s[1] == 2 for s in strides[1:]), f"expected in-plane-only pooling, plan has {strides}"
+    nnunet_env.run("nnUNetv2_train", "992", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
+    out = tmp_path / "pred"
+    nnunet_env.run("nnUNetv2_predict", "-i", str(nnunet_env.raw / ANISO / "imagesTs"), "-o", str(out), "-d", "992",
+                   "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta")
+    assert len(list(out.glob("*.nii.gz"))) == 1
+
+
+def test_region_based_two_channels(nnunet_env, tmp_path):
+    """BraTS-like: two channels, nested regions trained with sigmoid outputs, predicted back to labels."""
+    make_dataset(nnunet_env.raw, 993, "Regions", num_train=6, num_test=1, shape=(32, 32, 32), regions=True, seed=3)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_train", "993", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
+    checkpoint = torch.load(nnunet_env.model_folder(REGIONS, PLUMBING) / "fold_0" / "checkpoint_final.pth",
+                            map_location="cpu", weights_only=False)
+    assert checkpoint["network_weights"]["stem.primary.weight"].shape[1] == 2, "two input channels"
+    assert checkpoint["network_weights"]["head.logits.weight"].shape[0] == 3, "three region outputs"
+    out = tmp_path / "pred"
+    nnunet_env.run("nnUNetv2_predict", "-i", str(nnunet_env.raw / REGIONS / "imagesTs"), "-o", str(out), "-d", "993",
+                   "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta")
+    summary = _score(nnunet_env, REGIONS, out)
+    assert len(summary["mean"]) == 3
+
+
+def test_missing_ext_trainer_says_what_to_set(iso):
+    proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu", check=False,
+                   extra_env={"nnUNet_extTrainer": ""})
+    assert proc.returncode != 0
+    assert "nnUNet_extTrainer" in proc.stdout + proc.stderr
+
+
+def test_undivisible_patch_gives_one_clear_error(iso):
+    plans_file = iso.preprocessed / ISO / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"]["3d_badpatch"] = {"inherits_from": "3d_fullres", "patch_size": [30, 32, 32]}
+    plans_file.write_text(json.dumps(plans, indent=2))
+    try:
+        proc = iso.run("nnUNetv2_train", "991", "3d_badpatch", "0", "-tr", PLUMBING, "-device", "cpu", check=False)
+    finally:
+        del plans["configurations"]["3d_badpatch"]
+        plans_file.write_text(json.dumps(plans, indent=2))
+    assert proc.returncode != 0
+    assert "cannot take the plan's patch_size [30, 32, 32]" in proc.stderr and "multiple of [8, 8, 8]" in proc.stderr
+
+
+def test_2d_configuration_gives_one_clear_error(iso):
+    proc = iso.run("nnUNetv2_train", "991", "2d", "0", "-tr", PLUMBING, "-device", "cpu", check=False)
+    assert proc.returncode != 0
+    assert "Use 3d_fullres, 3d_lowres or 3d_cascade_fullres instead of 2d" in proc.stderr
