@@ -1,10 +1,16 @@
-"""Complexity table: parameters, GMACs and GFLOPs of LightMedSeg presets (and, later, baselines) at named inputs.
+"""Complexity table: parameters, GMACs and GFLOPs of LightMedSeg presets and of the baselines at named inputs.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real forward pass (``torch.no_grad``,
-CPU): it counts convolutions (transposed ones included), matmuls and attention at 2 FLOPs per multiply-add and
-ignores element-wise work (norms, activations, softmax, resizing). GMACs = GFLOPs / 2, reported beside GFLOPs
-because papers mix the two. Parameters are the sum of ``numel`` over all parameters, training-only
-deep-supervision heads included.
+CPU, batch 1): it counts convolutions (transposed ones included), matmuls and attention at 2 FLOPs per multiply-add
+and ignores element-wise work (norms, activations, softmax, resizing). PyTorch's counter knows the CUDA kernels of
+``scaled_dot_product_attention`` but not the CPU one, so the CPU kernel is counted with PyTorch's own SDPA formula
+(without it, Primus' attention would count 0). GMACs = GFLOPs / 2, reported beside GFLOPs because papers mix the
+two. Parameters are the sum of ``numel`` over all parameters, training-only deep-supervision heads included.
+
+Baselines are built exactly as training and prediction build them: from a small nnU-Net plans dict for the setting
+(written like nnU-Net's ExperimentPlanner writes 3d_fullres plans), through each trainer's own
+``build_network_architecture``; the fixed-input transformers first round the plan's patch with the trainer's own
+``adapt_plans`` (UNETR: multiples of 16, SwinUNETR: 32, Primus: 8), and the row states the patch measured.
 
 Usage::
 
@@ -25,7 +31,7 @@ import json
 import platform
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -33,7 +39,7 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nnunetv2_lightmedseg.architectures import PRESETS, LightMedSeg
 
@@ -63,7 +69,18 @@ SETTINGS: list[InputSetting] = [
                  strides=((1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2))),
 ]
 
-ModelBuilder = Callable[[InputSetting], nn.Module]
+@dataclass(frozen=True)
+class Built:
+    """What a builder returns when its model is measured at another input than the setting's (a rounded patch),
+    or with strides or a note to show; a builder may also return the bare ``nn.Module``."""
+
+    model: nn.Module
+    patch_size: Optional[Stride3D] = None
+    strides: Optional[tuple[Stride3D, ...]] = None
+    note: str = ""
+
+
+ModelBuilder = Callable[[InputSetting], "nn.Module | Built"]
 
 
 class NotApplicable(Exception):
@@ -86,6 +103,123 @@ def register_model(name: str, builder: ModelBuilder) -> None:
     MODELS[name] = builder
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Baselines, built by their nnU-Net trainers from a plan of the setting
+# ---------------------------------------------------------------------------------------------------------------------
+#: nnU-Net 3d_fullres topology per setting: patch, batch, strides (pool_op_kernel_sizes), conv kernel sizes.
+#: iso128: a BraTS-like plan (1 mm isotropic, patch 128^3, batch 2), topology from nnU-Net's own
+#: get_pool_and_conv_props as its ExperimentPlanner calls it (min feature map 4, no pooling limit).
+#: acdc: the plan nnU-Net 2.8.1 makes for ACDC (Dataset027) 3d_fullres (as in benchmarks/plans/, checked 2026-11-26).
+NNUNET_TOPOLOGY: dict[str, dict[str, Any]] = {
+    "acdc": {"patch_size": [10, 256, 224], "batch_size": 7,
+             "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+             "kernel_sizes": [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]},
+}
+
+
+def _nnunet_topology(setting: InputSetting) -> dict[str, Any]:
+    if setting.name in NNUNET_TOPOLOGY:
+        return NNUNET_TOPOLOGY[setting.name]
+    if setting.name == "iso128":
+        from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+        _, strides, kernels, patch, _ = get_pool_and_conv_props([1.0, 1.0, 1.0], setting.patch_size, 4, 999999)
+        assert list(patch) == list(setting.patch_size), (patch, setting.patch_size)
+        return {"patch_size": [int(p) for p in patch], "batch_size": 2, "strides": strides, "kernel_sizes": kernels}
+    raise NotApplicable(f"no nnU-Net plan is defined for setting {setting.name!r} (see NNUNET_TOPOLOGY)")
+
+
+def nnunet_plans(setting: InputSetting) -> dict[str, Any]:
+    """A minimal nnU-Net plans dict for ``setting``: one 3d_fullres configuration whose ``architecture`` entry is
+    written as nnU-Net's ExperimentPlanner (``get_plans_for_configuration``) writes it, with its defaults: base 32
+    features doubling per stage up to 320, 2 convolutions per stage in encoder and decoder, instance norm,
+    LeakyReLU, convolution bias."""
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet
+        from dynamic_network_architectures.building_blocks.helper import (convert_dim_to_conv_op,
+                                                                          get_matching_instancenorm)
+    except ImportError as error:
+        raise NotApplicable(f"needs nnU-Net's dynamic-network-architectures: {error}") from error
+    topology = _nnunet_topology(setting)
+    num_stages = len(topology["strides"])
+    conv_op = convert_dim_to_conv_op(3)
+    norm = get_matching_instancenorm(conv_op)
+    architecture = {
+        "network_class_name": f"{PlainConvUNet.__module__}.{PlainConvUNet.__name__}",
+        "arch_kwargs": {
+            "n_stages": num_stages,
+            "features_per_stage": [min(320, 32 * 2 ** i) for i in range(num_stages)],
+            "conv_op": f"{conv_op.__module__}.{conv_op.__name__}",
+            "kernel_sizes": [list(k) for k in topology["kernel_sizes"]],
+            "strides": [list(s) for s in topology["strides"]],
+            "n_conv_per_stage": [2] * num_stages,
+            "n_conv_per_stage_decoder": [2] * (num_stages - 1),
+            "conv_bias": True,
+            "norm_op": f"{norm.__module__}.{norm.__name__}",
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+    configuration = {"data_identifier": "nnUNetPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+                     "batch_size": topology["batch_size"], "patch_size": list(topology["patch_size"]),
+                     "architecture": architecture}
+    return {"dataset_name": f"complexity_{setting.name}", "plans_name": "nnUNetPlans",
+            "configurations": {"3d_fullres": configuration}}
+
+
+#: token / downsampling grid of the transformers, shown in the Strides column
+TRANSFORMER_STRIDES: dict[str, tuple[Stride3D, ...]] = {
+    "nnUNetTrainerUNETR": ((16, 16, 16),),
+    "nnUNetTrainerSwinUNETR": ((2, 2, 2),) * 5,
+    "nnUNetTrainerPrimusV3S": ((8, 8, 8),),
+}
+
+
+def trainer_builder(trainer_name: str, setting: InputSetting) -> Built:
+    """The network ``trainer_name`` trains and predicts with for the setting's nnU-Net plan (deep supervision off,
+    as the predictor builds it), at the patch its trainer writes into the plans."""
+    try:
+        from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        import nnunetv2_lightmedseg.trainers as trainers
+    except ImportError as error:
+        raise NotApplicable(f"needs nnU-Net: {error}") from error
+    trainer = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name)
+    plans = nnunet_plans(setting)
+    planned = list(plans["configurations"]["3d_fullres"]["patch_size"])
+    change = trainer.adapt_plans(plans, "3d_fullres") if hasattr(trainer, "adapt_plans") else None
+    plans_manager = PlansManager(plans)
+    configuration = plans_manager.get_configuration("3d_fullres")
+    try:
+        model = trainer.build_network_architecture(plans_manager, configuration, setting.in_channels,
+                                                   setting.num_classes, enable_deep_supervision=False)
+    except ImportError as error:  # MONAI is an optional extra
+        raise NotApplicable(str(error)) from error
+    patch = tuple(int(p) for p in configuration.patch_size)
+    if trainer_name in TRANSFORMER_STRIDES:
+        strides = TRANSFORMER_STRIDES[trainer_name]
+        note = (f"{trainer_name}.build_network_architecture; patch {planned} rounded to {list(patch)} by the trainer"
+                if change else f"{trainer_name}.build_network_architecture at the planned patch {planned}")
+        note += "; strides column: token / patch-embedding grid"
+    else:
+        strides = tuple(tuple(int(v) for v in s) for s in configuration.pool_op_kernel_sizes)
+        note = (f"{trainer_name}.build_network_architecture on the setting's nnU-Net 3d_fullres plan "
+                f"(features {configuration.network_arch_init_kwargs['features_per_stage']})")
+    return Built(model, patch_size=patch, strides=strides, note=note)
+
+
+BASELINES: dict[str, str] = {
+    "nnU-Net default (PlainConvUNet)": "nnUNetTrainer",
+    "UNETR (MONAI)": "nnUNetTrainerUNETR",
+    "SwinUNETR (MONAI, feature 48)": "nnUNetTrainerSwinUNETR",
+    "Primus V3-S (nnU-Net)": "nnUNetTrainerPrimusV3S",
+}
+for _name, _trainer in BASELINES.items():
+    register_model(_name, partial(trainer_builder, _trainer))
+
+
 #: Numbers stated in papers, shown as such (not measured here).
 REFERENCE_ROWS: list[dict[str, Any]] = [
     {
@@ -98,29 +232,52 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
 ]
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of the CPU kernel of scaled_dot_product_attention: PyTorch's formula for its CUDA kernels."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+#: FLOP formulas for ops PyTorch's counter does not know (see the module docstring).
+EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
 def measure(model: nn.Module, setting: InputSetting) -> dict[str, Any]:
     """Parameters, multiply-adds and FLOPs of one forward pass of ``model`` at ``setting`` on the CPU."""
     model = model.eval()
     params = sum(p.numel() for p in model.parameters())
     x = torch.randn(setting.input_shape)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
         model(x)
     flops = int(counter.get_total_flops())
     return {"params": params, "params_m": round(params / 1e6, 4), "macs": flops // 2,
             "gmacs": round(flops / 2e9, 4), "flops": flops, "gflops": round(flops / 1e9, 4)}
 
 
+def _row_head(name: str, setting: InputSetting) -> dict[str, Any]:
+    return {"model": name, "setting": setting.name, "input_shape": list(setting.input_shape),
+            "strides": [list(s) for s in setting.strides]}
+
+
+def build(builder: ModelBuilder, setting: InputSetting) -> tuple[nn.Module, InputSetting, str]:
+    """The builder's model, the setting it is measured at (its own patch and strides where the builder returns a
+    :class:`Built` with them) and its note. Raises :class:`NotApplicable` as the builder does."""
+    built = builder(setting)
+    if not isinstance(built, Built):
+        built = Built(built)
+    measured = replace(setting, patch_size=tuple(built.patch_size or setting.patch_size),
+                       strides=tuple(built.strides or setting.strides))
+    return built.model, measured, built.note
+
+
 def complexity_row(name: str, builder: ModelBuilder, setting: InputSetting) -> dict[str, Any]:
     """One measured row of the table: the model ``name`` built by ``builder`` for ``setting``."""
-    row: dict[str, Any] = {"model": name, "setting": setting.name, "input_shape": list(setting.input_shape),
-                           "strides": [list(s) for s in setting.strides]}
     empty = {"params": None, "params_m": None, "macs": None, "gmacs": None, "flops": None, "gflops": None}
     try:
-        model = builder(setting)
+        model, measured, note = build(builder, setting)
     except NotApplicable as reason:
-        return {**row, **empty, "source": "n/a", "note": str(reason)}
+        return {**_row_head(name, setting), **empty, "source": "n/a", "note": str(reason)}
     torch.manual_seed(0)
-    return {**row, **measure(model, setting), "source": "measured", "note": ""}
+    return {**_row_head(name, measured), **measure(model, measured), "source": "measured", "note": note}
 
 
 def cpu_name() -> str:
@@ -145,7 +302,8 @@ def metadata() -> dict[str, Any]:
         "python": platform.python_version(), "torch": torch.__version__, "nnunetv2": nnunetv2_version,
         "platform": platform.platform(), "cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-        "flop_counter": "torch.utils.flop_counter.FlopCounterMode, one forward pass under torch.no_grad on CPU",
+        "flop_counter": "torch.utils.flop_counter.FlopCounterMode, one forward pass under torch.no_grad on CPU "
+                        "(batch 1; the CPU scaled_dot_product_attention kernel counted with PyTorch's SDPA formula)",
         "convention": "FLOPs = 2 x MACs (multiply-adds of convolutions and matmuls); GMACs = GFLOPs / 2",
         "settings": [{**asdict(s), "input_shape": list(s.input_shape)} for s in SETTINGS],
     }

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The speed benchmark as run on a single-GPU device machine (started with setsid, nothing else running there):
+# LightMedSeg presets and every baseline side by side on one card; results and log in /opt/out.
+set -u
+source benchmarks/device/env.sh
+OUT=/opt/out
+mkdir -p $OUT
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt
+
+# the models given as arguments, else all, LightMedSeg and its reference first
+MAIN=("$@")
+[ $# -gt 0 ] || MAIN=(LightMedSeg-paper "nnU-Net default (PlainConvUNet)" LightMedSeg-tiny LightMedSeg-small
+                      LightMedSeg-base LightMedSeg-large "UNETR (MONAI)" "Primus V3-S (nnU-Net)"
+                      "SwinUNETR (MONAI, feature 48)")
+python3 benchmarks/speed.py --models "${MAIN[@]}" --modes eager compile \
+    --compile-models LightMedSeg-paper "nnU-Net default (PlainConvUNet)" \
+    --prediction --prediction-models LightMedSeg-paper "nnU-Net default (PlainConvUNet)" --profile --out $OUT \
+    > $OUT/speed.log 2>&1
+echo "speed done $(date -u +%T)"
+
