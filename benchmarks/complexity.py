@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from nnunetv2_lightmedseg.architectures import PRESETS, LightMedSeg
+from nnunetv2_lightmedseg.cli import cpu_model
 
 Stride3D = tuple[int, int, int]
 
@@ -280,17 +281,6 @@ def complexity_row(name: str, builder: ModelBuilder, setting: InputSetting) -> d
     return {**_row_head(name, measured), **measure(model, measured), "source": "measured", "note": note}
 
 
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def metadata() -> dict[str, Any]:
     """Date (UTC, ISO 8601), versions, platform and the exact command that made the table."""
     try:
@@ -300,7 +290,7 @@ def metadata() -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(), "torch": torch.__version__, "nnunetv2": nnunetv2_version,
-        "platform": platform.platform(), "cpu": cpu_name(), "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode, one forward pass under torch.no_grad on CPU "
                         "(batch 1; the CPU scaled_dot_product_attention kernel counted with PyTorch's SDPA formula)",

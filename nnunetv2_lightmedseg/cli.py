@@ -271,7 +271,7 @@ def run_demo(output: str | Path = "lightmedseg_demo", epochs: int = DEMO_DEFAULT
         "dice": dice, "mean_foreground_dice": float(metrics["foreground_mean"]["Dice"]),
         "parameters": parameters, "gflops": gflops,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(),
+        "machine": {"platform": platform.platform(), "cpu": cpu_model(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
                     "cuda_device": torch.cuda.get_device_name(0) if torch_device.type == "cuda" else None},
         "versions": _versions(),
@@ -282,7 +282,8 @@ def run_demo(output: str | Path = "lightmedseg_demo", epochs: int = DEMO_DEFAULT
     return summary
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows; also used by benchmarks."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import SimpleITK as sitk
 import torch
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
 
@@ -183,3 +185,28 @@ def test_2d_configuration_gives_one_clear_error(iso):
     proc = iso.run("nnUNetv2_train", "991", "2d", "0", "-tr", PLUMBING, "-device", "cpu", check=False)
     assert proc.returncode != 0
     assert "Use 3d_fullres, 3d_lowres or 3d_cascade_fullres instead of 2d" in proc.stderr
+
+
+def test_wrong_channel_count_at_prediction_is_one_clear_error(iso, tmp_path):
+    """A one-channel model given cases with two image files each."""
+    images = tmp_path / "two_channels"
+    images.mkdir()
+    for image_file in (iso.raw / ISO / "imagesTs").glob("*_0000.nii.gz"):
+        shutil.copy(image_file, images / image_file.name)
+        shutil.copy(image_file, images / image_file.name.replace("_0000", "_0001"))
+    proc = iso.run("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "pred"), "-d", "991", "-c",
+                   "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "--disable_tta", check=False)
+    assert proc.returncode != 0
+    assert "built for 1 input channel(s) but got 2" in proc.stdout + proc.stderr
+
+
+def test_volume_smaller_than_the_patch_is_padded(iso, tmp_path):
+    """nnU-Net pads a case smaller than the patch (32^3 here) and crops the prediction back to the case."""
+    images, out = tmp_path / "small", tmp_path / "pred"
+    images.mkdir()
+    image_file = sorted((iso.raw / ISO / "imagesTs").glob("*_0000.nii.gz"))[0]
+    small = sitk.ReadImage(str(image_file))[4:20, 6:18, 8:28]  # x, y, z = 16 x 12 x 20 voxels
+    sitk.WriteImage(small, str(images / "small_0000.nii.gz"))
+    iso.run("nnUNetv2_predict", "-i", str(images), "-o", str(out), "-d", "991", "-c", "3d_fullres", "-tr",
+            TRAINER, "-f", "0", "-device", "cpu")
+    assert sitk.ReadImage(str(out / "small.nii.gz")).GetSize() == (16, 12, 20)

@@ -50,7 +50,7 @@ from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunetv2_lightmedseg.trainers.common import (TrainingLength, require_3d, require_canonical_class,
+from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
                                                   require_divisible_patch, unwrap)
 
 MONAI_HINT = 'pip install "nnunetv2-lightmedseg[baselines]"'
@@ -143,7 +143,7 @@ class WarmupFraction:
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
 
 
-class MonaiTransformerTrainer(RoundedPatch, WarmupFraction, TrainingLength, nnUNetTrainer_warmup):
+class MonaiTransformerTrainer(InputChecks, RoundedPatch, WarmupFraction, TrainingLength, nnUNetTrainer_warmup):
     """Common part of the MONAI baselines: rounded patch, no deep supervision, AdamW with warm-up and poly decay.
 
     Optimiser: AdamW, lr 1e-4, weight decay 1e-5, PyTorch's default betas (0.9, 0.999): the settings of the UNETR and
@@ -280,7 +280,7 @@ class nnUNetTrainerSwinUNETR(MonaiTransformerTrainer):
 # ---------------------------------------------------------------------------------------------------------------------
 # Primus (nnU-Net's own)
 # ---------------------------------------------------------------------------------------------------------------------
-class nnUNetTrainerPrimusV3S(RoundedPatch, WarmupFraction, TrainingLength, nnUNet_PrimusV3S_Trainer):
+class nnUNetTrainerPrimusV3S(InputChecks, RoundedPatch, WarmupFraction, TrainingLength, nnUNet_PrimusV3S_Trainer):
     """nnU-Net 2.8.1's ``nnUNet_PrimusV3S_Trainer`` (Primus, Wald et al. 2025, V3 stem, size S), made usable here.
 
     Unchanged: the network (``PrimusV3S``, 8^3 tokens, drop path 0.2, LayerScale 0.1), no deep supervision, AdamW

@@ -1,9 +1,12 @@
 """What every trainer of this package shares: training length by class attribute, plan checks, unwrapping."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch._dynamo import OptimizedModule
@@ -36,6 +39,39 @@ class TrainingLength:
             self.num_val_iterations_per_epoch = self.val_iterations_per_epoch
         if self.checkpoint_every is not None:
             self.save_every = self.checkpoint_every
+
+
+class InputChecks:
+    """Mixin for nnU-Net trainers: one clear error, instead of a late traceback or silent NaN, for two bad inputs.
+
+    - fewer than 5 training cases and no ``splits_final.json``: nnU-Net's 5-fold split cannot be made;
+    - NaN or Inf voxels in the images: nnU-Net's normalisation spreads them and the loss becomes NaN. Checked only
+      when a step's loss is not finite (nnU-Net has already copied the loss to the CPU), so it costs nothing.
+    """
+
+    def do_split(self):
+        splits_file = Path(self.preprocessed_dataset_folder_base) / "splits_final.json"
+        if self.fold != "all" and not splits_file.is_file():
+            if self.dataset_class is None:
+                self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+            cases = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)
+            if len(cases) < 5:
+                raise RuntimeError(
+                    f"Only {len(cases)} training case(s) and no {splits_file}: nnU-Net's default 5-fold "
+                    f"cross-validation needs at least 5 cases. Train on all cases with fold 'all' "
+                    f"(nnUNetv2_train DATASET 3d_fullres all ...), or write splits_final.json with your own splits.")
+        return super().do_split()
+
+    def train_step(self, batch: dict) -> dict:
+        result = super().train_step(batch)
+        if not np.isfinite(result["loss"]) and not torch.isfinite(batch["data"]).all():
+            cases = batch.get("keys")
+            raise ValueError(
+                f"The training batch (cases {list(cases) if cases is not None else 'unknown'}) contains NaN or Inf "
+                "voxels, so the loss is not finite. Find the images with `nnUNetv2_plan_and_preprocess -d DATASET "
+                "--verify_dataset_integrity`, replace those voxels in the raw images (e.g. by 0 or the background "
+                "value), and preprocess again.")
+        return result
 
 
 def unwrap(network: nn.Module) -> nn.Module:

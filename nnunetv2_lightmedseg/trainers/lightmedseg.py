@@ -12,11 +12,11 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_scales, get_preset, total_stride
-from nnunetv2_lightmedseg.trainers.common import (TrainingLength, require_3d, require_canonical_class,
+from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
                                                   require_divisible_patch, strides_from_plan, unwrap)
 
 
-class nnUNetTrainerLightMedSeg(TrainingLength, nnUNetTrainer):
+class nnUNetTrainerLightMedSeg(InputChecks, TrainingLength, nnUNetTrainer):
     """LightMedSeg (``paper`` preset, 0.48M parameters) in nnU-Net's pipeline, with deep supervision.
 
     Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every

@@ -1,0 +1,176 @@
+"""Render the README's benchmark sections from the committed results in ``benchmarks/results/``.
+
+Each section lies between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in README.md and is replaced as a whole, so the
+README never holds a number that is not in a results file. ``--check`` exits non-zero when README.md is stale.
+
+Usage::
+
+    python benchmarks/readme_tables.py [--check]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+LIGHTMEDSEG, REFERENCE = "LightMedSeg-paper", "nnU-Net default (PlainConvUNet)"
+
+#: The speed targets of the project (issue "Speed and memory on GPU"): (row key, label, setting, mode, bound).
+#: A speed-up must be at least the bound; a memory ratio at most.
+GPU_TARGETS = [
+    ("forward_ms_speedup", "patch forward, batch 1", ">=", 10.0),
+    ("train_step_ms_speedup", "training step, nnU-Net's batch", ">=", 8.0),
+    ("train_peak_ratio", "training peak memory, share of nnU-Net default's", "<=", 0.25),
+    ("case_s_speedup", "whole case through nnUNetPredictor", ">=", 5.0),
+    ("case_s_mirror_speedup", "whole case through nnUNetPredictor, mirrored", ">=", 5.0),
+]
+
+
+def load(name: str) -> Optional[dict[str, Any]]:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(value: Any, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def provenance(meta: dict[str, Any], file: str) -> str:
+    device = meta.get("device", f"CPU: {meta.get('cpu')}")
+    return (f"{device}, {meta['date'][:10]}, torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}; "
+            f"[`{file}`](benchmarks/results/{file}), command in the file")
+
+
+def complexity_section() -> str:
+    table = load("complexity.json")
+    if table is None:
+        return "No complexity results yet: run `python benchmarks/complexity.py`.\n"
+    lines = [f"Measured on the CPU ({provenance(table['metadata'], 'complexity.json')}); "
+             "FLOPs = 2 x multiply-adds, one forward pass, batch 1.", "",
+             "| Model | Setting | Input (B x C x D x H x W) | Params (M) | GFLOPs |", "|---|---|---|---:|---:|"]
+    for r in table["rows"]:
+        shape = " x ".join(map(str, r["input_shape"])) if r["input_shape"] else "not stated"
+        lines.append(f"| {r['model']} | {r['setting']} | {shape} | {fmt(r['params_m'], '.3f')} | "
+                     f"{fmt(r['gflops'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_rows_table(rows: list[dict[str, Any]], gpu: bool) -> list[str]:
+    head = ("| Model | Setting | Mode | Fwd b1 (ms) | x | " +
+            ("Train step (ms) | x | Train peak (GiB) | " if gpu else "") +
+            "Case (s) | x | Case, mirrored (s) | x | Note |")
+    lines = [head, "|---|---|---|" + "---:|" * (head.count("|") - 5) + "---|"]
+    for r in rows:
+        cells = [r["model"], f"{r['setting']} (b{r['train_batch']})", r["mode"], fmt(r.get("forward_ms"), ".2f"),
+                 fmt(r.get("forward_ms_speedup"), ".2f")]
+        if gpu:
+            cells += [fmt(r.get("train_step_ms"), ".1f"), fmt(r.get("train_step_ms_speedup"), ".2f"),
+                      fmt(r.get("train_peak_gib"), ".2f")]
+        cells += [fmt(r.get("case_s"), ".2f"), fmt(r.get("case_s_speedup"), ".2f"), fmt(r.get("case_s_mirror"), ".2f"),
+                  fmt(r.get("case_s_mirror_speedup"), ".2f"), r.get("note", "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def target_lines(rows: list[dict[str, Any]], targets: list[tuple[str, str, str, float]]) -> list[str]:
+    lines = ["| Target | Setting | Mode | Required | Measured | Met |", "|---|---|---|---:|---:|---|"]
+    for key, label, op, bound in targets:
+        for r in rows:
+            if r["model"] != LIGHTMEDSEG or r.get(key) is None:
+                continue
+            value = r[key]
+            met = value >= bound if op == ">=" else value <= bound
+            miss = "yes" if met else (f"no, {bound / value:.1f}x below the target" if op == ">=" else
+                                      f"no, {value / bound:.1f}x above the bound")
+            lines.append(f"| {label} | {r['setting']} | {r['mode']} | {op} {bound:g} | {value:g} | {miss} |")
+    return lines
+
+
+def speed_section() -> str:
+    parts: list[str] = []
+    main = load("speed_nvidia-h200.json")
+    if main is not None:
+        parts += [f"**GPU, LightMedSeg (`paper`) beside nnU-Net's default U-Net, one run on one card** "
+                  f"({provenance(main['metadata'], 'speed_nvidia-h200.json')}; "
+                  f"{main['metadata']['precision']}). x = nnU-Net default's time over the row's, same setting and "
+                  "mode: above 1 is faster. iso128: 1 x 4 x 128^3, a BraTS-like plan (batch 2), whole case "
+                  "4 x 155 x 240 x 240; acdc: the ACDC plan's patch 1 x 1 x 10 x 256 x 224 (batch 7), whole case the "
+                  "plan's median shape.", ""]
+        parts += speed_rows_table(main["rows"], gpu=True)
+        parts += ["", "Against the targets:", ""] + target_lines(main["rows"], GPU_TARGETS)
+    others = load("speed_nvidia-h200_baselines.json")
+    if others is not None:
+        parts += ["", f"**GPU, presets and transformer baselines** (a second run, nnU-Net default measured again "
+                  f"in it: {provenance(others['metadata'], 'speed_nvidia-h200_baselines.json')}).", ""]
+        parts += speed_rows_table(others["rows"], gpu=True)
+    cpu = load("speed_cpu-2cores.json")
+    if cpu is not None:
+        parts += ["", f"**CPU, 2 cores** ({provenance(cpu['metadata'], 'speed_cpu-2cores.json')}; float32).", ""]
+        parts += speed_rows_table(cpu["rows"], gpu=False)
+        parts += ["", "Against the target:", ""] + target_lines(
+            [r for r in cpu["rows"] if r["setting"] == "acdc"],
+            [("case_s_speedup", "CPU whole ACDC case", ">=", 10.0),
+             ("case_s_mirror_speedup", "CPU whole ACDC case, mirrored", ">=", 10.0)])
+    onnx = load("speed_onnx_cpu.json")
+    if onnx is not None:
+        meta = onnx["metadata"]
+        parts += ["", f"**CPU, PyTorch against ONNX Runtime** for LightMedSeg (`lightmedseg predict-onnx`; "
+                  f"{provenance(meta, 'speed_onnx_cpu.json')}; {meta['threads']} threads, case {meta['case']}, "
+                  f"{meta['tiles']} tiles; max abs logit difference {meta['max_abs_logit_difference']:.1e}).", "",
+                  "| Backend | Sliding window (s) | Mirrored (s) | Whole case, file to file (s) |",
+                  "|---|---:|---:|---:|"]
+        parts += [f"| {r['backend']} | {r['sliding_window_s']:.2f} | {r['sliding_window_tta_s']:.2f} | "
+                  f"{r['whole_case_s']:.2f} |" for r in onnx["rows"]]
+    if not parts:
+        return "No speed results yet: run `python benchmarks/speed.py`.\n"
+    return "\n".join(parts) + "\n"
+
+
+def accuracy_section() -> str:
+    files = sorted(RESULTS.glob("accuracy_*.json"))
+    if not files:
+        return ("No accuracy results are committed yet: `benchmarks/accuracy.py` (see its `--help`) trains and "
+                "scores them; `benchmarks/device/acdc_session.sh` is the run planned for one GPU.\n")
+    parts = []
+    for file in files:
+        parts.append((RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)[2].strip())
+    return "\n\n".join(parts) + "\n"
+
+
+SECTIONS: dict[str, Callable[[], str]] = {
+    "complexity-table": complexity_section, "speed-table": speed_section, "accuracy-table": accuracy_section,
+}
+
+
+def render(text: str) -> str:
+    for name, section in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no <!-- {name} --> ... <!-- /{name} --> markers")
+        text = pattern.sub(lambda m: m.group(1) + section() + m.group(2), text)
+    return text
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="only check that README.md is up to date")
+    args = parser.parse_args(argv)
+    current = README.read_text()
+    rendered = render(current)
+    if args.check:
+        if rendered != current:
+            print("README.md is stale: run python benchmarks/readme_tables.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
