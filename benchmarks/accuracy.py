@@ -10,7 +10,7 @@ Steps, each skipped when its output exists (so a stopped run resumes where it st
    ``nnUNet_results`` root. Jobs run one per GPU in parallel (``--gpus``, ``--jobs-per-gpu``), resume from
    ``checkpoint_latest.pth``, and end with nnU-Net's validation of the fold;
 4. metrics: per-class Dice and HD95 (mm, at the dataset's spacing) with MONAI on every fold's validation
-   predictions (nnU-Net's cross-validation), and, with ``--test-images``/``--test-labels``, on the test folder
+   predictions (nnU-Net's cross-validation), and, with ``--test``, on the test folder
    predicted by ``nnUNetv2_predict`` with the ensemble of the trained folds;
 5. JSON (device, budget, versions, command, per-fold and summary rows) and a Markdown table.
 
@@ -18,7 +18,7 @@ Usage::
 
     python benchmarks/accuracy.py --raw ../shared/data/Dataset027_ACDC --work /scratch/acc \\
         --trainers nnUNetTrainerLightMedSeg nnUNetTrainer --folds 0 1 2 3 4 --epochs 50 --gpus 1 \\
-        --name acdc [--train-fractions 0.25 0.5] [--test-images DIR --test-labels DIR]
+        --name acdc [--train-fractions 0.25 0.5] [--test FOLDER_WITH_imagesTs_AND_labelsTs]
 """
 from __future__ import annotations
 
@@ -257,6 +257,29 @@ def epoch_seconds(folder: Path) -> Optional[float]:
     return float(np.median(durations)) if durations else None
 
 
+def network_gflops(ws: Workspace, trainer_name: str) -> Optional[float]:
+    """GFLOPs of one forward pass (batch 1) of the network ``trainer_name`` trains, at the patch in its results
+    folder's plans (the patch it trained at), counted as in the complexity table."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    import nnunetv2_lightmedseg.trainers as trainers
+    from complexity import InputSetting, measure
+    cls = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name, None)
+    if cls is None:
+        return None
+    folder = ws.model_folder(trainer_name)
+    plans_manager = PlansManager(str(folder / "plans.json"))
+    configuration = plans_manager.get_configuration("3d_fullres")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    channels = len(dataset_json["channel_names"])
+    outputs = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    network = cls.build_network_architecture(plans_manager, configuration, channels, outputs,
+                                             enable_deep_supervision=False)
+    setting = InputSetting(ws.name, channels, outputs, tuple(configuration.patch_size), strides=())
+    return measure(network, setting)["gflops"]
+
+
 def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, float], int],
              test_images: Optional[Path], test_labels: Optional[Path], processes: int) -> list[dict[str, Any]]:
     """Rows: one per (trainer, fold, fraction) with MONAI metrics of its validation, and one per trainer for
@@ -267,7 +290,7 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     import torch
     rows = []
     for trainer in trainers:
-        params = None
+        params, gflops = None, network_gflops(ws, trainer)
         for (fold, fraction), number in sorted(fold_numbers.items()):
             folder = ws.model_folder(trainer) / f"fold_{number}"
             cases = score_folder(folder / "validation", gt, dataset_json, processes)
@@ -277,7 +300,8 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
                 params = sum(v.numel() for k, v in weights.items() if v.is_floating_point()
                              and not k.endswith(("running_mean", "running_var")))
             rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
-                         "train_fraction": fraction, "params": params, "seconds_per_epoch": epoch_seconds(folder),
+                         "train_fraction": fraction, "params": params, "gflops": gflops,
+                         "seconds_per_epoch": epoch_seconds(folder),
                          "num_cases": len(cases), **summarise(cases, classes)})
         full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
         if test_images is not None and test_labels is not None:
@@ -300,7 +324,7 @@ def to_markdown(table: dict[str, Any]) -> str:
              f"Generated {meta['date']} on {meta['device']} by `{meta['command']}` (torch {meta['torch']}, nnunetv2 "
              f"{meta['nnunetv2']}). Dice and HD95 (mm) per class by MONAI on nnU-Net's validation predictions of "
              "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above.", ""]
-    header = "| Trainer | Params (M) | Train fraction | Folds | " + " | ".join(
+    header = "| Trainer | Params (M) | GFLOPs | Train fraction | Folds | " + " | ".join(
         f"{c} Dice | {c} HD95" for c in classes) + " | Mean Dice | s / epoch |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     groups: dict[tuple[str, float], list[dict]] = {}
@@ -317,7 +341,9 @@ def to_markdown(table: dict[str, Any]) -> str:
     for (trainer, fraction), rows in groups.items():
         cells = " | ".join(f"{cell([r[c]['dice'] for r in rows], '.3f')} | {cell([r[c]['hd95'] for r in rows], '.1f')}"
                            for c in classes)
-        lines.append(f"| {trainer} | {rows[0]['params'] / 1e6:.3f} | {fraction:g} | "
+        gflops = rows[0].get("gflops")
+        lines.append(f"| {trainer} | {rows[0]['params'] / 1e6:.3f} | {'' if gflops is None else f'{gflops:.1f}'} | "
+                     f"{fraction:g} | "
                      f"{','.join(str(r['fold']) for r in rows)} | {cells} | "
                      f"{cell([r['mean_dice'] for r in rows], '.3f')} | {cell([r['seconds_per_epoch'] for r in rows], '.1f')} |")
     tests = [r for r in table["rows"] if r["kind"] == "test ensemble"]
@@ -364,8 +390,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--gpus", type=int, default=None, help="GPUs to spread jobs over (default: all visible)")
     parser.add_argument("--jobs-per-gpu", type=int, default=1)
     parser.add_argument("--processes", type=int, default=4, help="CPU processes for preprocessing and export")
-    parser.add_argument("--test-images", type=Path, help="test images to predict with the ensemble of folds")
-    parser.add_argument("--test-labels", type=Path, help="labels of the test images")
+    parser.add_argument("--test", type=Path, help="a labelled test folder with imagesTs/ and labelsTs/ (nnU-Net's raw "
+                        "layout, e.g. the raw dataset folder itself), predicted with the ensemble of the folds")
     parser.add_argument("--name", required=True, help="results file name: benchmarks/results/accuracy_<name>.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--plan-only", action="store_true", help="stop after planning and preprocessing")
@@ -383,7 +409,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     jobs = [(t, n) for t in args.trainers for n in sorted(set(fold_numbers.values()))]
     train_all(ws, jobs, gpus, args.jobs_per_gpu, logs)
-    rows = evaluate(ws, args.trainers, fold_numbers, args.test_images, args.test_labels, args.processes)
+    test_images, test_labels = (args.test / "imagesTs", args.test / "labelsTs") if args.test else (None, None)
+    if args.test and not (test_images.is_dir() and test_labels.is_dir()):
+        parser.error(f"--test {args.test} needs the subfolders imagesTs/ and labelsTs/")
+    rows = evaluate(ws, args.trainers, fold_numbers, test_images, test_labels, args.processes)
     meta = metadata()
     meta.update({"device": device_name(), "dataset": ws.name, "budget": ws.budget, "gpus": gpus,
                  "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions})

@@ -140,6 +140,8 @@ def accuracy_section() -> str:
     parts = []
     for file in files:
         parts.append((RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)[2].strip())
+    if (RESULTS / "accuracy_vs_cost.png").is_file():  # made by benchmarks/plots.py from the same files
+        parts.append("![Mean Dice against parameters and GFLOPs](benchmarks/results/accuracy_vs_cost.png)")
     return "\n\n".join(parts) + "\n"
 
 

@@ -26,7 +26,7 @@ STAMP="$VENV/.lightmedseg-bootstrap"
 log() { echo "[bootstrap] $*" >&2; }
 # pip warns about every missing folder of a machine-wide local package index; keep the rest of its output
 quiet_pip() {
-    "$VENV/bin/python" -m pip --disable-pip-version-check --quiet "$@" 2>&1 \
+    COLUMNS=1000 "$VENV/bin/python" -m pip --disable-pip-version-check --quiet "$@" 2>&1 \
         | { grep -v "^WARNING: Location 'file://.*' is ignored: it is neither a file nor a directory" || true; }
 }
 
@@ -54,9 +54,10 @@ fi
 
 log "installing $TORCH_ARGS (can take a minute or more)"
 # shellcheck disable=SC2086  # TORCH_ARGS is a list of pip arguments
-quiet_pip install $TORCH_ARGS
+quiet_pip install $TORCH_ARGS || { log "pip failed; retrying once"; quiet_pip install $TORCH_ARGS; }
 log "installing this project editable, with extras [$EXTRAS]"
-quiet_pip install -e ".[$EXTRAS]"
+# one retry: a download from the package index can fail once and succeed the next time
+quiet_pip install -e ".[$EXTRAS]" || { log "pip failed; retrying once"; quiet_pip install -e ".[$EXTRAS]"; }
 version=$(check_imports) || { log "error: the installed packages do not import (see above)"; exit 1; }
 echo "$wanted" > "$STAMP"
 log "done: torch $version, nnunetv2-lightmedseg installed editable in $VENV"

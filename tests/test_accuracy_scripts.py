@@ -1,0 +1,63 @@
+"""benchmarks/accuracy.py's table and benchmarks/plots.py on a results table of the shape accuracy.py writes; the
+whole accuracy pipeline (plan, fractions, train, validate, ensemble, MONAI metrics) on tiny data is marked slow."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from nnunetv2_lightmedseg.synthetic import make_dataset
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import accuracy  # noqa: E402
+import plots  # noqa: E402
+
+
+def _row(trainer: str, fold: int, dice: float, fraction: float = 1.0) -> dict:
+    return {"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": fold,
+            "train_fraction": fraction, "params": 480_000 if "Light" in trainer else 31_000_000,
+            "gflops": 9.9 if "Light" in trainer else 345.2, "seconds_per_epoch": 12.0, "num_cases": 32,
+            **{c: {"dice": dice, "hd95": 3.0, "hd95_undefined_cases": 0} for c in ("RV", "MYO", "LV")},
+            "mean_dice": dice}
+
+
+TABLE = {"metadata": {"dataset": "Dataset027_ACDC", "budget": {"epochs": 10, "iterations_per_epoch": 100},
+                      "date": "2026-11-26", "device": "test", "command": "test", "torch": "x", "nnunetv2": "y"},
+         "classes": ["RV", "MYO", "LV"],
+         "rows": [_row("nnUNetTrainerLightMedSeg", 0, 0.80), _row("nnUNetTrainerLightMedSeg", 1, 0.90),
+                  _row("nnUNetTrainer", 0, 0.90), _row("nnUNetTrainerLightMedSeg", 0, 0.5, fraction=0.25)]}
+
+
+def test_table_has_mean_and_spread_over_folds():
+    markdown = accuracy.to_markdown(TABLE)
+    line = next(row for row in markdown.splitlines() if row.startswith("| nnUNetTrainerLightMedSeg | 0.480 | 9.9 | 1 |"))
+    assert "0.850 +- 0.050" in line and "| 0,1 |" in line
+
+
+def test_plot_has_one_point_per_trainer_and_the_stated_size(tmp_path):
+    points = plots.points([TABLE])
+    assert {(p["trainer"], p["folds"]) for p in points} == {("nnUNetTrainerLightMedSeg", 2), ("nnUNetTrainer", 1)}
+    out = plots.plot(points, tmp_path / "plot.png", width_px=1000)
+    assert matplotlib.image.imread(out).shape[:2] == (400, 1000)
+
+
+@pytest.mark.slow
+def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
+    raw = make_dataset(nnunet_env.raw, 987, "Accuracy", num_train=6, num_test=2, shape=(32, 32, 32), seed=27)
+    out = tmp_path / "results"
+    argv, env = nnunet_env.command("nnUNetv2_train")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--raw", str(raw), "--work",
+                           str(tmp_path / "work"), "--trainers", "nnUNetTrainerLightMedSeg", "--folds", "0",
+                           "--epochs", "1", "--iterations", "5", "--processes", "2", "--train-fractions", "0.5", "1",
+                           "--test", str(raw), "--name", "tiny", "--out", str(out)],
+                          env={**env, "nnUNet_n_proc_DA": "1"}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((out / "accuracy_tiny.json").read_text())
+    kinds = [(r["kind"], r.get("train_fraction")) for r in table["rows"]]
+    assert kinds == [("cross-validation", 0.5), ("cross-validation", 1.0), ("test ensemble", None)]
+    assert all(0 <= r["mean_dice"] <= 1 and r["gflops"] > 0 for r in table["rows"] if "gflops" in r)
