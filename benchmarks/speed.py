@@ -8,8 +8,8 @@ For every model of the complexity table (``complexity.MODELS``) at every named i
   autocast, mirroring on and off) on a BraTS-sized 4 x 155 x 240 x 240 case (``iso128`` setting) and an ACDC case
   (``acdc`` setting, the plan's median shape).
 GPU timings use bf16 autocast, CUDA events, warm-up, and the median of many repeats; CPU timings a synchronous clock.
-``--modes eager compile`` measures each model as is and under ``torch.compile`` (nnU-Net compiles on CUDA by
-default). The forward's activation traffic (every module output written once and read once, counted with forward
+``--modes eager compile cudagraphs`` measures each model as is, under ``torch.compile`` (nnU-Net compiles on CUDA by
+default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). The forward's activation traffic (every module output written once and read once, counted with forward
 hooks) over its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
 
 Usage::
@@ -49,6 +49,9 @@ CASES = {"iso128": (4, 155, 240, 240),
          "acdc": (1, *map(int, json.loads((PLANS / "Dataset027_ACDC_nnUNetPlans.json").read_text())
                                 ["configurations"]["3d_fullres"]["median_image_size_in_voxels"]))}
 REFERENCE = "nnU-Net default (PlainConvUNet)"
+#: ``--modes`` other than eager: torch.compile's mode for each. "cudagraphs" replays the fixed-shape forward (and
+#: training graphs) as CUDA graphs, which removes the kernel-launch cost that bounds LightMedSeg's eager forward.
+COMPILE_MODES = {"compile": None, "cudagraphs": "reduce-overhead"}
 
 
 def synchronize(device: torch.device) -> None:
@@ -230,7 +233,7 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
     x = torch.randn(setting.input_shape, device=device)
     row["activation_gb"] = round(activation_bytes(model, x, device) / 1e9, 3)
-    runnable = torch.compile(model, dynamic=False) if mode == "compile" else model
+    runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
     gpu = device.type == "cuda"
     if args.profile and mode == "eager":
         print(f"--- profile: {name} at {setting.name}\n{profile_forward(model, x, device)}", flush=True)
@@ -313,7 +316,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="names from complexity.MODELS")
     parser.add_argument("--settings", nargs="+", default=[s.name for s in SETTINGS])
-    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compile"])
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", *COMPILE_MODES])
     parser.add_argument("--compile-models", nargs="+", default=None,
                         help="models measured under compile too (default: all of --models)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -349,7 +352,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in args.models:
         for setting in [s for s in SETTINGS if s.name in args.settings]:
             for mode in args.modes:
-                if mode == "compile" and args.compile_models is not None and name not in args.compile_models:
+                if mode in COMPILE_MODES and args.compile_models is not None and name not in args.compile_models:
                     continue
                 torch.manual_seed(0)
                 row = speed_row(name, setting, device, mode, args)
