@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import (ConvNormAct3D, DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D, Stride3D,
+from .blocks import (Conv3d, ConvNormAct3D, DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D, Stride3D,
                      normalized_grid, resize_to)
 
 
@@ -23,8 +23,8 @@ class SkipRouter(nn.Module):
     def __init__(self, encoder_channels: Sequence[int], width: int) -> None:
         super().__init__()
         num_scales = len(encoder_channels)
-        self.project = nn.ModuleList(nn.Conv3d(c, width, 1, bias=False) for c in encoder_channels)
-        self.controllers = nn.ModuleList(nn.Conv3d(num_scales * width, num_scales, 1)
+        self.project = nn.ModuleList(Conv3d(c, width, 1, bias=False) for c in encoder_channels)
+        self.controllers = nn.ModuleList(Conv3d(num_scales * width, num_scales, 1)
                                          for _ in encoder_channels[:-1])
         self.outputs = nn.ModuleList(ConvNormAct3D(width, c, 1) for c in encoder_channels[:-1])
 
@@ -53,11 +53,11 @@ class AnchorPositionBias(nn.Module):
 
     def __init__(self, channels: int, num_anchors: int) -> None:
         super().__init__()
-        self.embed = nn.Sequential(nn.Conv3d(3 * num_anchors, channels, 1), nn.LeakyReLU(1e-2, inplace=True),
-                                   nn.Conv3d(channels, channels, 1))
+        self.embed = nn.Sequential(Conv3d(3 * num_anchors, channels, 1), nn.LeakyReLU(1e-2, inplace=True),
+                                   Conv3d(channels, channels, 1))
         nn.init.zeros_(self.embed[-1].weight)
         nn.init.zeros_(self.embed[-1].bias)
-        self.gate = nn.Conv3d(channels, 1, 1)
+        self.gate = Conv3d(channels, 1, 1)
 
     def forward(self, features: torch.Tensor, anchor_positions: torch.Tensor) -> torch.Tensor:
         grid = normalized_grid(features.shape[2:], features.device, features.dtype)  # (3, D, H, W)
@@ -85,7 +85,7 @@ class AdaptiveMixBlock(nn.Module):
         if adaptive:
             self.separable = DepthwiseSeparableConv3D(out_channels, out_channels)
             self.pointwise = ConvNormAct3D(out_channels, out_channels, 1)
-            self.router = nn.Conv3d(out_channels, 3, 1)
+            self.router = Conv3d(out_channels, 3, 1)
             self.se = SqueezeExcite3D(out_channels, se_reduction)
 
     def forward(self, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class SegmentationHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D) -> None:
         super().__init__()
-        self.logits = nn.Conv3d(in_channels, num_classes, 1)
+        self.logits = Conv3d(in_channels, num_classes, 1)
         self.upsample = nn.ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

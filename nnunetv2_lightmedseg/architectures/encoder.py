@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .blocks import ConvNormAct3D, GhostConv3D, SqueezeExcite3D, Stride3D
+from .blocks import Conv3d, ConvNormAct3D, GhostConv3D, SqueezeExcite3D, Stride3D
 
 
 class AnchorFiLM(nn.Module):
@@ -51,7 +51,7 @@ class TextureRoutedStage(nn.Module):
         self.project = GhostConv3D(in_channels, out_channels, stride=stride, ghost=ghost)
         self.film = AnchorFiLM(descriptor_size, out_channels) if use_film else None
         self.detail = ConvNormAct3D(out_channels, out_channels, 3, groups=out_channels)
-        self.smooth = nn.Conv3d(out_channels, out_channels, 1) if use_texture_routing else None
+        self.smooth = Conv3d(out_channels, out_channels, 1) if use_texture_routing else None
         self.se = SqueezeExcite3D(out_channels, se_reduction)
 
     def forward(self, x: torch.Tensor, descriptor: Optional[torch.Tensor], texture: Optional[torch.Tensor]

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import GhostConv3D, Stride3D, resize_to
+from .blocks import Conv3d, GhostConv3D, Stride3D, resize_to
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import TextureRoutedStage
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
@@ -175,7 +175,7 @@ class LightMedSeg(nn.Module):
                              ghost=config.ghost, se_reduction=config.se_reduction)
             for l in range(n - 1))
         self.head = SegmentationHead(stage_widths[0], num_classes, strides[0])
-        self.auxiliary_heads = nn.ModuleList(nn.Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
+        self.auxiliary_heads = nn.ModuleList(Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
 
     @classmethod
     def from_preset(cls, name: str, in_channels: int, num_classes: int,

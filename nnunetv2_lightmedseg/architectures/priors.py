@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .blocks import DepthwiseSeparableConv3D, activation, norm3d, normalized_grid
+from .blocks import Conv3d, DepthwiseSeparableConv3D, activation, norm3d, normalized_grid
 
 AnchorMode = Literal["softargmax", "mlp"]
 
@@ -50,7 +50,7 @@ class GlobalAnchorDetector(nn.Module):
         if mode == "softargmax":
             self.features = DepthwiseSeparableConv3D(channels, channels)
             # no bias: a constant per heatmap leaves its spatial softmax, and so the anchor, unchanged
-            self.heatmaps = nn.Conv3d(channels, num_anchors, 1, bias=False)
+            self.heatmaps = Conv3d(channels, num_anchors, 1, bias=False)
         else:
             hidden = max(channels, 4 * num_anchors)
             self.mlp = nn.Sequential(nn.Linear(channels, hidden), activation(), nn.Linear(hidden, 4 * num_anchors))
@@ -89,11 +89,11 @@ class LocalStructuralPrior(nn.Module):
     def __init__(self, channels: int, texture: bool = True) -> None:
         super().__init__()
         self.smooth = nn.Sequential(
-            nn.Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation()
+            Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation()
         ) if texture else None
-        self.texture = nn.Conv3d(channels, 1, 1) if texture else None
-        self.gate = nn.Conv3d(channels, 2, 3, padding=1)
-        self.projections = nn.Conv3d(channels, 2 * channels, 1, bias=False)
+        self.texture = Conv3d(channels, 1, 1) if texture else None
+        self.gate = Conv3d(channels, 2, 3, padding=1)
+        self.projections = Conv3d(channels, 2 * channels, 1, bias=False)
 
     def forward(self, stem_features: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         texture = None
