@@ -145,7 +145,24 @@ def accuracy_section() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def demo_section() -> str:
+    demo = load("demo_cpu.json")
+    if demo is None:
+        return "No demo result committed yet: run `lightmedseg demo` and copy its summary.json to demo_cpu.json.\n"
+    machine, seconds = demo["machine"], demo["seconds"]
+    dice = ", ".join(f"{name.split(' (')[0]} {value:.3f}" for name, value in demo["dice"].items())
+    return (f"{demo['date'][:10]}, {machine['cpu_count']}-core {machine['cpu']}, torch {machine['torch']}, "
+            f"nnunetv2 {demo['versions']['nnunetv2']}: **mean foreground Dice {demo['mean_foreground_dice']:.3f}** on "
+            f"the {demo['test_cases']} held-out cases ({dice}), {demo['parameters'] / 1e6:.2f}M parameters, "
+            f"{demo['gflops']:.2f} GFLOPs at the {' x '.join(map(str, demo['patch_size']))} patch, "
+            f"**{seconds['total']:.0f} s** "
+            f"in all, of which training {seconds['train']:.0f} s, planning and preprocessing "
+            f"{seconds['plan_and_preprocess']:.0f} s, prediction {seconds['predict']:.0f} s "
+            f"([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
+    "demo-result": demo_section,
     "complexity-table": complexity_section, "speed-table": speed_section, "accuracy-table": accuracy_section,
 }
 
