@@ -257,9 +257,10 @@ def epoch_seconds(folder: Path) -> Optional[float]:
     return float(np.median(durations)) if durations else None
 
 
-def network_gflops(ws: Workspace, trainer_name: str) -> Optional[float]:
-    """GFLOPs of one forward pass (batch 1) of the network ``trainer_name`` trains, at the patch in its results
-    folder's plans (the patch it trained at), counted as in the complexity table."""
+def network_complexity(ws: Workspace, trainer_name: str) -> dict[str, Any]:
+    """Parameters and GFLOPs of one forward pass (batch 1) of the network ``trainer_name`` trains, at the patch in
+    its results folder's plans (the patch it trained at), counted as in the complexity table. Parameters come from
+    the module, not the checkpoint: nnU-Net's decoder holds its encoder, so a state dict counts the encoder twice."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -267,7 +268,7 @@ def network_gflops(ws: Workspace, trainer_name: str) -> Optional[float]:
     from complexity import InputSetting, measure
     cls = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name, None)
     if cls is None:
-        return None
+        return {"params": None, "gflops": None}
     folder = ws.model_folder(trainer_name)
     plans_manager = PlansManager(str(folder / "plans.json"))
     configuration = plans_manager.get_configuration("3d_fullres")
@@ -277,7 +278,7 @@ def network_gflops(ws: Workspace, trainer_name: str) -> Optional[float]:
     network = cls.build_network_architecture(plans_manager, configuration, channels, outputs,
                                              enable_deep_supervision=False)
     setting = InputSetting(ws.name, channels, outputs, tuple(configuration.patch_size), strides=())
-    return measure(network, setting)["gflops"]
+    return measure(network, setting)
 
 
 def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, float], int],
@@ -290,15 +291,11 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     import torch
     rows = []
     for trainer in trainers:
-        params, gflops = None, network_gflops(ws, trainer)
+        complexity = network_complexity(ws, trainer)
+        params, gflops = complexity["params"], complexity["gflops"]
         for (fold, fraction), number in sorted(fold_numbers.items()):
             folder = ws.model_folder(trainer) / f"fold_{number}"
             cases = score_folder(folder / "validation", gt, dataset_json, processes)
-            if params is None:
-                weights = torch.load(folder / "checkpoint_final.pth", map_location="cpu",
-                                     weights_only=False)["network_weights"]
-                params = sum(v.numel() for k, v in weights.items() if v.is_floating_point()
-                             and not k.endswith(("running_mean", "running_var")))
             rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
                          "train_fraction": fraction, "params": params, "gflops": gflops,
                          "seconds_per_epoch": epoch_seconds(folder),

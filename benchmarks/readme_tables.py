@@ -139,10 +139,38 @@ def accuracy_section() -> str:
                 "scores them; `benchmarks/device/acdc_session.sh` is the run planned for one GPU.\n")
     parts = []
     for file in files:
+        meta = json.loads(file.read_text())["metadata"]
+        budget = meta["budget"]
+        iterations = budget["epochs"] * budget["iterations_per_epoch"]
         parts.append((RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)[2].strip())
+        parts.append(f"Budget {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations = {iterations:,} "
+                     f"iterations per training (nnU-Net's default is 1000 x 250 = 250,000): a comparison at a short, "
+                     f"equal budget, not of converged networks. {meta['jobs_per_gpu']} trainings of this table ran at "
+                     f"once on each GPU, beside the other jobs of its session (benchmarks/device/acdc_session.sh), "
+                     f"so s / epoch compares the rows of this table only."
+                     + (f" Note: {meta['params_recounted']}." if "params_recounted" in meta else ""))
     if (RESULTS / "accuracy_vs_cost.png").is_file():  # made by benchmarks/plots.py from the same files
         parts.append("![Mean Dice against parameters and GFLOPs](benchmarks/results/accuracy_vs_cost.png)")
     return "\n\n".join(parts) + "\n"
+
+
+def stability_section() -> str:
+    files = sorted(RESULTS.glob("stability_*.json"))
+    if not files:
+        return "No stability results yet: run `python benchmarks/stability.py` on a GPU.\n"
+    lines = ["| Autocast | Device | Iterations (batch x patch) | Non-finite losses | Non-finite gradients applied | "
+             "fp16 steps skipped by the scaler | Final grad scale | Weights finite | s / iteration | File |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+    for file in files:
+        table = json.loads(file.read_text())
+        for run in table["runs"]:
+            shape = f"{run['batch_size']} x {' x '.join(map(str, run['patch_size']))}"
+            lines.append(f"| {run['dtype']} | {table['metadata']['device']} | {run['iterations']} ({shape}) | "
+                         f"{run['nonfinite_loss']} | {run['nonfinite_grad_applied']} | "
+                         f"{fmt(run['fp16_overflow_steps_skipped_by_scaler'], 'd')} | "
+                         f"{fmt(run['final_grad_scale'], '.0f')} | {run['weights_finite_at_end']} | "
+                         f"{run['seconds_per_iteration']:.3f} | [{file.name}](benchmarks/results/{file.name}) |")
+    return "\n".join(lines) + "\n"
 
 
 def demo_section() -> str:
@@ -164,6 +192,7 @@ def demo_section() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "demo-result": demo_section,
     "complexity-table": complexity_section, "speed-table": speed_section, "accuracy-table": accuracy_section,
+    "stability-table": stability_section,
 }
 
 
