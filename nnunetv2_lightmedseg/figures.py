@@ -185,10 +185,10 @@ def network_input(data: np.ndarray, patch_size: Sequence[int], stride: Sequence[
     padded up to a multiple of ``stride``."""
     from acvl_utils.cropping_and_padding.padding import pad_nd_image
     if whole:
-        return pad_nd_image(data, None, "constant", {"value": 0}, False, list(stride))
+        return pad_nd_image(data, None, "constant", {"constant_values": 0}, False, list(stride))
     starts = [max(0, (s - p) // 2) for s, p in zip(data.shape[1:], patch_size)]
     crop = data[(slice(None), *[slice(b, b + p) for b, p in zip(starts, patch_size)])]
-    return pad_nd_image(crop, list(patch_size), "constant", {"value": 0})
+    return pad_nd_image(crop, list(patch_size), "constant", {"constant_values": 0})
 
 
 def run_priors(network, x: np.ndarray):

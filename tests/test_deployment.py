@@ -201,3 +201,14 @@ def test_anchor_coordinates_follow_the_network_grid(monkeypatch):
     # stem voxel v with stride s covers input voxels v*s .. v*s + s - 1: centre v*s + (s - 1) / 2
     expected = [v * s + (s - 1) / 2 for v, s in zip(stem_voxel, (1, 2, 2))]
     assert np.allclose(positions, expected) and confidence.shape == (8,) and texture.shape == (8, 16, 16)
+
+
+def test_network_input_pads_a_volume_thinner_than_the_patch():
+    """ACDC: 9 slices against a 10-slice patch; the patch is centred, cropped where larger and zero-padded where
+    smaller, and ``whole`` pads up to the total stride."""
+    data = np.ones((1, 9, 40, 12), dtype=np.float32)
+    patch = figures.network_input(data, (10, 32, 16), (1, 4, 4), whole=False)
+    assert patch.shape == (1, 10, 32, 16)
+    assert patch.sum() == 9 * 32 * 12  # every kept voxel of the image, zeros around it
+    whole = figures.network_input(data, (10, 32, 16), (2, 8, 8), whole=True)
+    assert whole.shape == (1, 10, 40, 16) and whole.sum() == data.sum()
