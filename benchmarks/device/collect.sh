@@ -11,6 +11,5 @@ tar czf $OUT/logs.tgz -C $W --exclude='*.pth' --exclude='*.nii.gz' --exclude='*.
 MODEL=results_*/Dataset027_ACDC/nnUNetTrainerLightMedSeg__nnUNetPlans__3d_fullres
 (cd $W && tar czf $OUT/lightmedseg_fold0.tgz $MODEL/plans.json $MODEL/dataset.json $MODEL/fold_0/checkpoint_final.pth) \
     2>/dev/null
-(cd $W && tar czf $OUT/validation.tgz results_*/*/*/fold_*/validation) \
-    2>/dev/null
+(cd $W && tar czf $OUT/validation.tgz results_*/*/*/fold_*/validation) 2>/dev/null
 ls -la $OUT

@@ -59,7 +59,7 @@ class ConvNormAct3D(nn.Sequential):
                  groups: int = 1) -> None:
         super().__init__(
             Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
-                      groups=groups, bias=False),
+                   groups=groups, bias=False),
             norm3d(out_channels),
             activation(),
         )
@@ -82,7 +82,7 @@ class GhostConv3D(nn.Module):
         self.primary = Conv3d(in_channels, primary_channels, 3, stride=stride, padding=1, bias=False)
         self.cheap_channels = out_channels - primary_channels
         self.cheap = (Conv3d(self.cheap_channels, self.cheap_channels, 3, padding=1, groups=self.cheap_channels,
-                                bias=False) if ghost else None)
+                             bias=False) if ghost else None)
         self.norm = norm3d(out_channels)
         self.act = activation()
 
