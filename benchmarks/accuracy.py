@@ -229,12 +229,18 @@ def score_case(pred_file: Path, labels: Path, labels_or_regions: dict[str, Any])
     return row
 
 
+def _one_thread() -> None:
+    import torch
+    torch.set_num_threads(1)
+
+
 def score_folder(predictions: Path, labels: Path, dataset_json: dict, processes: int = 1) -> list[dict[str, Any]]:
     """:func:`score_case` for every prediction in the folder (labels, or regions for region-based datasets)."""
     labels_or_regions = {name: value for name, value in dataset_json["labels"].items()
                          if name not in ("background", "ignore")}
     files = sorted(predictions.glob("*" + dataset_json["file_ending"]))
-    with multiprocessing.get_context("spawn").Pool(max(1, processes)) as pool:
+    # one thread per worker: with torch's default (all cores) in each, a pool of N workers asks for N^2 threads
+    with multiprocessing.get_context("spawn").Pool(max(1, processes), initializer=_one_thread) as pool:
         return pool.starmap(score_case, [(f, labels, labels_or_regions) for f in files])
 
 
@@ -249,12 +255,13 @@ def summarise(cases: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]
     return out
 
 
-def epoch_seconds(folder: Path) -> Optional[float]:
-    import torch
-    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    log = checkpoint["logging"]
-    durations = [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]
-    return float(np.median(durations)) if durations else None
+def epoch_times(folder: Path) -> list[float]:
+    """Seconds of each epoch of a fold, as nnU-Net logs them ("Epoch time: X s" in its training logs, one log per
+    start when a run was resumed): read from text, so that a fold copied back without its checkpoint still has them."""
+    times = []
+    for log in sorted(folder.glob("training_log_*.txt")):
+        times += [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", log.read_text())]
+    return times
 
 
 def network_complexity(ws: Workspace, trainer_name: str) -> dict[str, Any]:
@@ -287,7 +294,7 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     the ensemble of its full-data folds on the test folder."""
     dataset_json = json.loads((ws.raw / "dataset.json").read_text())
     classes = [n for n in dataset_json["labels"] if n not in ("background", "ignore")]
-    gt = ws.preprocessed / ws.name / "gt_segmentations"
+    labels = ws.raw / "labelsTr"  # nnU-Net's gt_segmentations are copies of these
     import torch
     rows = []
     for trainer in trainers:
@@ -295,10 +302,11 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
         params, gflops = complexity["params"], complexity["gflops"]
         for (fold, fraction), number in sorted(fold_numbers.items()):
             folder = ws.model_folder(trainer) / f"fold_{number}"
-            cases = score_folder(folder / "validation", gt, dataset_json, processes)
+            cases = score_folder(folder / "validation", labels, dataset_json, processes)
+            times = epoch_times(folder)
             rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
                          "train_fraction": fraction, "params": params, "gflops": gflops,
-                         "seconds_per_epoch": epoch_seconds(folder),
+                         "seconds_per_epoch": float(np.median(times)) if times else None,
                          "num_cases": len(cases), **summarise(cases, classes)})
         full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
         if test_images is not None and test_labels is not None:
@@ -314,13 +322,33 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     return rows
 
 
+def training_record(ws: Workspace, trainers: list[str], folds: list[int]) -> dict[str, str]:
+    """The GPU and torch version that trained the folds, from nnU-Net's ``debug.json`` of each; stops when the folds
+    disagree or were trained under another budget than the workspace's."""
+    seen = set()
+    for trainer in trainers:
+        for fold in folds:
+            debug = json.loads((ws.model_folder(trainer) / f"fold_{fold}" / "debug.json").read_text())
+            budget = (int(debug["num_epochs"]), int(debug["num_iterations_per_epoch"]))
+            if budget != (ws.budget["epochs"], ws.budget["iterations_per_epoch"]):
+                raise SystemExit(f"{trainer} fold {fold} trained {budget[0]} epochs x {budget[1]} iterations, "
+                                 f"not the {ws.budget['label']} asked for")
+            seen.add((debug.get("gpu_name", debug["device"]), debug["torch_version"]))
+    if len(seen) != 1:
+        raise SystemExit(f"the folds were trained on different devices or torch versions: {sorted(seen)}")
+    gpu, torch_version = seen.pop()
+    return {"gpu": gpu, "torch": torch_version}
+
+
 def to_markdown(table: dict[str, Any]) -> str:
     meta, classes = table["metadata"], table["classes"]
     lines = [f"# Accuracy: {meta['dataset']} ({meta['budget']['epochs']} epochs x "
              f"{meta['budget']['iterations_per_epoch']} iterations)", "",
              f"Generated {meta['date']} on {meta['device']} by `{meta['command']}` (torch {meta['torch']}, nnunetv2 "
              f"{meta['nnunetv2']}). Dice and HD95 (mm) per class by MONAI on nnU-Net's validation predictions of "
-             "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above.", ""]
+             "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above."
+             + (f" Trained on {meta['device']} (each fold's debug.json), copied back and scored on "
+                f"{meta['scored_on']} (`--score-only`)." if "scored_on" in meta else ""), ""]
     header = "| Trainer | Params (M) | GFLOPs | Train fraction | Folds | " + " | ".join(
         f"{c} Dice | {c} HD95" for c in classes) + " | Mean Dice | s / epoch |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -392,20 +420,33 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--name", required=True, help="results file name: benchmarks/results/accuracy_<name>.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--plan-only", action="store_true", help="stop after planning and preprocessing")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score folds trained elsewhere and copied into --work (each fold's training log, "
+                        "debug.json and validation/ suffice): no planning, no training")
     args = parser.parse_args(argv)
+    if args.score_only and (args.test or any(f < 1 for f in args.train_fractions)):
+        parser.error("--score-only scores the full-data folds' validation only (no --test, no --train-fractions)")
 
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus
     ws = Workspace(args.raw.resolve(), args.work.resolve(), args.epochs, args.iterations)
-    plan_and_preprocess(ws, args.processes)
-    if args.plan_only:
-        return
-    fold_numbers = add_fraction_folds(ws, args.folds, args.train_fractions)
-    fold_numbers = {k: v for k, v in fold_numbers.items() if k[1] in args.train_fractions}
-    logs = args.work / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    jobs = [(t, n) for t in args.trainers for n in sorted(set(fold_numbers.values()))]
-    train_all(ws, jobs, gpus, args.jobs_per_gpu, logs)
+    if args.score_only:
+        fold_numbers = {(fold, 1.0): fold for fold in args.folds}
+        missing = [str(ws.model_folder(t) / f"fold_{f}" / "validation") for t in args.trainers for f in args.folds
+                   if not (ws.model_folder(t) / f"fold_{f}" / "validation").is_dir()]
+        if missing:
+            parser.error(f"--score-only: no validation predictions in {', '.join(missing)}. Copy the trained folds "
+                         f"there; --epochs and --iterations name the budget folder ({ws.results.name})")
+    else:
+        plan_and_preprocess(ws, args.processes)
+        if args.plan_only:
+            return
+        fold_numbers = add_fraction_folds(ws, args.folds, args.train_fractions)
+        fold_numbers = {k: v for k, v in fold_numbers.items() if k[1] in args.train_fractions}
+        logs = args.work / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        jobs = [(t, n) for t in args.trainers for n in sorted(set(fold_numbers.values()))]
+        train_all(ws, jobs, gpus, args.jobs_per_gpu, logs)
     test_images, test_labels = (args.test / "imagesTs", args.test / "labelsTs") if args.test else (None, None)
     if args.test and not (test_images.is_dir() and test_labels.is_dir()):
         parser.error(f"--test {args.test} needs the subfolders imagesTs/ and labelsTs/")
@@ -413,6 +454,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     meta = metadata()
     meta.update({"device": device_name(), "dataset": ws.name, "budget": ws.budget, "gpus": gpus,
                  "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions})
+    if args.score_only:
+        trained = training_record(ws, args.trainers, sorted(fold_numbers.values()))
+        meta.update({"scored_on": f"{meta['device']}, torch {meta['torch']}", "torch": trained["torch"],
+                     "device": f"{gpus} x {trained['gpu']}" if gpus else trained["gpu"]})
     dataset_json = json.loads((ws.raw / "dataset.json").read_text())
     table = {"metadata": meta, "classes": [n for n in dataset_json["labels"] if n not in ("background", "ignore")],
              "fold_numbers": {f"{f}@{p:g}": n for (f, p), n in fold_numbers.items()}, "rows": rows}

@@ -189,8 +189,27 @@ def demo_section() -> str:
             f"([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
 
 
+def multi_gpu_section() -> str:
+    table = load("multi_gpu_acdc.json")
+    if table is None:
+        return "Not yet run on a machine of several GPUs: `benchmarks/multi_gpu.py` measures it.\n"
+    meta, runs = table["metadata"], {run["gpus"]: run for run in table["runs"]}
+    one, many = runs[1], runs[max(runs)]
+    prediction = table["prediction"]
+    return (f"Measured {meta['date'][:10]} on {meta['device']} (torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}), "
+            f"`{meta['trainer']}` on {meta['dataset']} fold {meta['fold']} "
+            f"({'side by side on other GPUs of the host' if meta['side_by_side'] else 'one after the other'}): "
+            f"median epoch {many['median_epoch_seconds']:.1f} s on {many['gpus']} GPUs against "
+            f"{one['median_epoch_seconds']:.1f} s on one, a speed-up of **{table['speedup']:.2f}x**; nnU-Net's validation "
+            f"mean Dice {many['validation_mean_dice_nnunet']:.3f} ({many['gpus']} GPUs) and "
+            f"{one['validation_mean_dice_nnunet']:.3f} (one); `nnUNetv2_predict` with the {many['gpus']}-GPU model on "
+            f"{len(prediction['cases'])} validation cases, mean Dice {prediction['mean_dice']:.3f} "
+            f"([`benchmarks/results/multi_gpu_acdc.json`](benchmarks/results/multi_gpu_acdc.json), "
+            f"`python benchmarks/multi_gpu.py`).\n")
+
+
 SECTIONS: dict[str, Callable[[], str]] = {
-    "demo-result": demo_section,
+    "demo-result": demo_section, "multi-gpu-result": multi_gpu_section,
     "complexity-table": complexity_section, "speed-table": speed_section, "accuracy-table": accuracy_section,
     "stability-table": stability_section,
 }

@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2,
 
 from nnunetv2_lightmedseg.synthetic import make_dataset
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TRAINER = "nnUNetTrainerLightMedSeg_5epochs_30iters"  # learns enough to beat chance on the generated data
 PLUMBING = "nnUNetTrainerLightMedSeg_2epochs_10iters"  # for what needs no learning
 ISO, ANISO, REGIONS = "Dataset991_Iso", "Dataset992_Aniso", "Dataset993_Regions"
@@ -108,6 +110,38 @@ def test_predictor_api_matches_cli(iso, tmp_path):
     for case in cases:
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(api / case))),
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(cli / case))))
+
+
+def test_accuracy_scores_folds_copied_back_without_checkpoints(iso, tmp_path):
+    """benchmarks/accuracy.py --score-only on two folds copied as a GPU machine's results come back (no checkpoints):
+    MONAI's Dice equals nnU-Net's validation summary, epoch times are nnU-Net's, the device is its debug.json's."""
+    work = tmp_path / "work"
+    shutil.copytree(iso.model_folder(ISO, TRAINER), work / "results_5epx30it" / ISO / f"{TRAINER}__nnUNetPlans__3d_fullres",
+                    ignore=shutil.ignore_patterns("*.pth", "*.npz", "*.pkl"))
+
+    def score(epochs: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--raw", str(iso.raw / ISO),
+                               "--work", str(work), "--trainers", TRAINER, "--folds", "0", "1", "--epochs", epochs,
+                               "--iterations", "30", "--processes", "1", "--score-only", "--name", "copied",
+                               "--out", str(tmp_path)], env=iso.env, capture_output=True, text=True, timeout=600)
+
+    proc = score("5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((tmp_path / "accuracy_copied.json").read_text())
+    assert [row["fold"] for row in table["rows"]] == [0, 1]
+    for row in table["rows"]:
+        folder = iso.model_folder(ISO, TRAINER) / f"fold_{row['fold']}"
+        summary = json.loads((folder / "validation" / "summary.json").read_text())
+        assert row["mean_dice"] == pytest.approx(_mean_foreground_dice(summary), abs=1e-4)
+        log = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+        durations = np.subtract(log["epoch_end_timestamps"], log["epoch_start_timestamps"])
+        assert row["seconds_per_epoch"] == pytest.approx(np.median(durations), abs=0.01)  # the log rounds to 0.01 s
+    assert table["metadata"]["device"] == "cpu" and table["metadata"]["torch"] == torch.__version__
+    proc = score("10")  # another budget: another results folder, which holds nothing
+    assert proc.returncode != 0 and "no validation predictions in" in proc.stderr and "results_10epx30it" in proc.stderr
+    (work / "results_5epx30it").rename(work / "results_10epx30it")  # folds renamed into it: their debug.json says
+    proc = score("10")
+    assert proc.returncode != 0 and "trained 5 epochs x 30 iterations, not the 10epx30it" in proc.stderr
 
 
 def test_resume_after_kill(iso):
