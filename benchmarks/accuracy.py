@@ -347,6 +347,8 @@ def to_markdown(table: dict[str, Any]) -> str:
              f"Generated {meta['date']} on {meta['device']} by `{meta['command']}` (torch {meta['torch']}, nnunetv2 "
              f"{meta['nnunetv2']}). Dice and HD95 (mm) per class by MONAI on nnU-Net's validation predictions of "
              "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above."
+             + (" **A smoke test of the pipeline (train, validate, ensemble, score) at a token budget: not an "
+                "accuracy claim.**" if meta.get("smoke_test") else "")
              + (f" Trained on {meta['device']} (each fold's debug.json), copied back and scored on "
                 f"{meta['scored_on']} (`--score-only`)." if "scored_on" in meta else ""), ""]
     header = "| Trainer | Params (M) | GFLOPs | Train fraction | Folds | " + " | ".join(
@@ -420,6 +422,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--name", required=True, help="results file name: benchmarks/results/accuracy_<name>.json")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--plan-only", action="store_true", help="stop after planning and preprocessing")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="the run checks the pipeline, not accuracy: tables say so, plots.py leaves it out")
     parser.add_argument("--score-only", action="store_true",
                         help="score folds trained elsewhere and copied into --work (each fold's training log, "
                         "debug.json and validation/ suffice): no planning, no training")
@@ -453,7 +457,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = evaluate(ws, args.trainers, fold_numbers, test_images, test_labels, args.processes)
     meta = metadata()
     meta.update({"device": device_name(), "dataset": ws.name, "budget": ws.budget, "gpus": gpus,
-                 "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions})
+                 "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions,
+                 "smoke_test": args.smoke_test})
     if args.score_only:
         trained = training_record(ws, args.trainers, sorted(fold_numbers.values()))
         meta.update({"scored_on": f"{meta['device']}, torch {meta['torch']}", "torch": trained["torch"],

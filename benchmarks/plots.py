@@ -1,8 +1,8 @@
 """Mean Dice against parameters and against GFLOPs (log scale) for every model trained by ``accuracy.py``.
 
-One point per trainer of every ``accuracy_*.json`` given (cross-validation on all training cases; the mean over its
-folds, with the spread over folds as an error bar), labelled with the trainer name. Parameters and GFLOPs are those
-the accuracy script recorded (the network at the patch it trained at).
+One point per trainer of every ``accuracy_*.json`` given but smoke tests (cross-validation on all training cases; the
+mean over its folds, with the spread over folds as an error bar), labelled with the trainer name. Parameters and
+GFLOPs are those the accuracy script recorded (the network at the patch it trained at).
 
 Usage::
 
@@ -24,6 +24,8 @@ def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One point per (dataset, trainer): mean and standard deviation of mean Dice over its full-data folds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table in tables:
+        if table["metadata"].get("smoke_test"):
+            continue
         for row in table["rows"]:
             if row["kind"] == "cross-validation" and row["train_fraction"] == 1.0:
                 groups.setdefault((table["metadata"]["dataset"], row["trainer"]), []).append(row)

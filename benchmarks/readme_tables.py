@@ -142,7 +142,10 @@ def accuracy_section() -> str:
         meta = json.loads(file.read_text())["metadata"]
         budget = meta["budget"]
         iterations = budget["epochs"] * budget["iterations_per_epoch"]
-        parts.append((RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)[2].strip())
+        title, _, body = (RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)
+        parts.append(f"#### {title.removeprefix('# ')}\n\n{body.strip()}")
+        if meta.get("smoke_test"):
+            continue
         parts.append(f"Budget {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations = {iterations:,} "
                      f"iterations per training (nnU-Net's default is 1000 x 250 = 250,000): a comparison at a short, "
                      f"equal budget, not of converged networks. {meta['jobs_per_gpu']} trainings of this table ran at "

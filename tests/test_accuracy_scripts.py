@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from nnunetv2_lightmedseg.synthetic import make_dataset
@@ -39,6 +40,13 @@ def test_table_has_mean_and_spread_over_folds():
     assert "0.850 +- 0.050" in line and "| 0,1 |" in line
 
 
+def test_smoke_tests_are_labelled_and_left_out_of_the_plot():
+    smoke = {**TABLE, "metadata": {**TABLE["metadata"], "smoke_test": True}}
+    assert "not an accuracy claim" in accuracy.to_markdown(smoke)
+    assert "not an accuracy claim" not in accuracy.to_markdown(TABLE)
+    assert plots.points([TABLE, smoke]) == plots.points([TABLE])
+
+
 def test_plot_has_one_point_per_trainer_and_the_stated_size(tmp_path):
     points = plots.points([TABLE])
     assert {(p["trainer"], p["folds"]) for p in points} == {("nnUNetTrainerLightMedSeg", 2), ("nnUNetTrainer", 1)}
@@ -61,3 +69,21 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     kinds = [(r["kind"], r.get("train_fraction")) for r in table["rows"]]
     assert kinds == [("cross-validation", 0.5), ("cross-validation", 1.0), ("test ensemble", None)]
     assert all(0 <= r["mean_dice"] <= 1 and r["gflops"] > 0 for r in table["rows"] if "gflops" in r)
+
+
+def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
+    """Region-based datasets are scored per region (WT = 1,2,3; TC = 2,3; ET = 3) on nnU-Net's label maps: a
+    prediction that calls the enhancing tumour necrosis keeps WT and TC exact and loses ET."""
+    import SimpleITK as sitk
+    raw = shared_dataset("Dataset137_BraTSmini")
+    label_file = sorted((raw / "labelsTr").glob("*.nii.gz"))[0]
+    label = sitk.ReadImage(str(label_file))
+    array = sitk.GetArrayFromImage(label)
+    assert (array == 3).any()
+    prediction = sitk.GetImageFromArray(np.where(array == 3, 2, array).astype(array.dtype))
+    prediction.CopyInformation(label)
+    (tmp_path / "pred").mkdir()
+    sitk.WriteImage(prediction, str(tmp_path / "pred" / label_file.name))
+    [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", json.loads((raw / "dataset.json").read_text()))
+    assert row["whole tumor"] == {"dice": 1.0, "hd95": 0.0} and row["tumor core"] == {"dice": 1.0, "hd95": 0.0}
+    assert row["enhancing tumor"]["dice"] == 0.0 and np.isnan(row["enhancing tumor"]["hd95"])
