@@ -318,7 +318,7 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
                 (out / "done").touch()
             cases = score_folder(out, test_labels, dataset_json, processes)
             rows.append({"trainer": trainer, "kind": "test ensemble", "folds": full_folds, "params": params,
-                         "num_cases": len(cases), **summarise(cases, classes)})
+                         "num_cases": len(cases), "cases": [c["case"] for c in cases], **summarise(cases, classes)})
     return rows
 
 

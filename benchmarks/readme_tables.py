@@ -139,12 +139,16 @@ def accuracy_section() -> str:
                 "scores them; `benchmarks/device/acdc_session.sh` is the run planned for one GPU.\n")
     parts = []
     for file in files:
-        meta = json.loads(file.read_text())["metadata"]
+        table = json.loads(file.read_text())
+        meta = table["metadata"]
         budget = meta["budget"]
         iterations = budget["epochs"] * budget["iterations_per_epoch"]
         title, _, body = (RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)
         parts.append(f"#### {title.removeprefix('# ')}\n\n{body.strip()}")
         if meta.get("smoke_test"):
+            tested = sorted({case for row in table["rows"] for case in row.get("cases", [])})
+            if tested:
+                parts.append(f"Test folder (held out from every fold): {', '.join(tested)}.")
             continue
         parts.append(f"Budget {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations = {iterations:,} "
                      f"iterations per training (nnU-Net's default is 1000 x 250 = 250,000): a comparison at a short, "

@@ -68,6 +68,7 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     table = json.loads((out / "accuracy_tiny.json").read_text())
     kinds = [(r["kind"], r.get("train_fraction")) for r in table["rows"]]
     assert kinds == [("cross-validation", 0.5), ("cross-validation", 1.0), ("test ensemble", None)]
+    assert table["rows"][-1]["cases"] == sorted(p.name for p in (raw / "labelsTs").iterdir())
     assert all(0 <= r["mean_dice"] <= 1 and r["gflops"] > 0 for r in table["rows"] if "gflops" in r)
 
 
