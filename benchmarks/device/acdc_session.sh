@@ -26,8 +26,14 @@ export nnUNet_n_proc_DA=$DA_WORKERS nnUNet_compile=f nnUNet_def_n_proc=2 PYTORCH
 MAIN=(nnUNetTrainerLightMedSeg nnUNetTrainer nnUNetTrainerUNETR)
 ABLATIONS=(noAnchors mlpAnchors noLSPM noFiLM noTextureRouting noSkipRouter noPositionBias noAdaptiveDecoder noGhost)
 ABLATIONS=("${ABLATIONS[@]/#/nnUNetTrainerLightMedSeg_}")
-wants fractions && nice -n 10 "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg nnUNetTrainer --folds 0 --train-fractions 0.25 0.5 \
-    --jobs-per-gpu $(per_gpu 4) --out $W/tmp --name acdc_data_efficiency_tmp > $W/fractions.log 2>&1 &
+# fold 0 at 100 % (LightMedSeg, nnU-Net default) is trained once, by the first of main / fractions / ablations wanted
+# (two invocations training one fold at once would write the same folder)
+FULL=(1) REFERENCE=(nnUNetTrainerLightMedSeg)
+wants main && FULL=()
+{ wants main || wants fractions; } && REFERENCE=()
+wants fractions && nice -n 10 "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg nnUNetTrainer --folds 0 \
+    --train-fractions 0.25 0.5 "${FULL[@]}" --jobs-per-gpu $(per_gpu $((4 + 2 * ${#FULL[@]}))) --out $W/tmp \
+    --name acdc_data_efficiency_tmp > $W/fractions.log 2>&1 &
 # the data-efficiency run appends its folds to splits_final.json; the others rewrite that file, so they wait
 for _ in $(seq 60); do
     wants fractions || break
@@ -43,9 +49,8 @@ for DTYPE in bf16 fp16; do
     python3 benchmarks/stability.py -d 27 -tr nnUNetTrainerLightMedSeg --iterations 2000 --dtypes $DTYPE \
         --out $OUT/stability_$DTYPE.json > $W/stability_$DTYPE.log 2>&1 &
 done
-# LightMedSeg fold 0 is the ablations' reference: trained here unless the main run has it already
-wants ablations && nice -n 10 "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg "${ABLATIONS[@]}" --folds 0 \
-    --jobs-per-gpu $(per_gpu 10) --name acdc_ablation_tmp --out $W/tmp > $W/ablation.log 2>&1 &
+wants ablations && nice -n 10 "${ACC[@]}" --trainers "${REFERENCE[@]}" "${ABLATIONS[@]}" --folds 0 \
+    --jobs-per-gpu $(per_gpu $((9 + ${#REFERENCE[@]}))) --name acdc_ablation_tmp --out $W/tmp > $W/ablation.log 2>&1 &
 wait
 echo "trained $(date -u +%T)"
 # the tables that compare runs of several invocations (all trained by now: these only evaluate)
