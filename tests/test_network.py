@@ -346,3 +346,24 @@ def test_single_voxel_bottleneck_is_clearly_refused() -> None:
     with pytest.raises(ValueError, match=r"LightMedSeg cannot take spatial shape \(16, 16, 16\).*single voxel"):
         model(torch.randn(1, 1, 16, 16, 16))
     assert model(torch.randn(1, 1, 16, 16, 32)).shape[2:] == (16, 16, 32)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(in_channels=6, out_channels=5, kernel_size=1, bias=False),  # a matrix product over the voxels
+    dict(in_channels=6, out_channels=5, kernel_size=1, bias=True),
+    dict(in_channels=6, out_channels=5, kernel_size=3, padding=1, stride=(1, 2, 2)),  # oneDNN
+    dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6, bias=False),
+])
+def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
+    """blocks.Conv3d's CPU paths give nn.Conv3d's outputs and gradients (batch of 2, float32)."""
+    from nnunetv2_lightmedseg.architectures.blocks import Conv3d
+    torch.manual_seed(0)
+    conv = Conv3d(**kwargs)
+    x = torch.randn(2, kwargs["in_channels"], 4, 6, 8, requires_grad=True)
+    fast = conv(x)
+    (fast_grad_x, *fast_grads) = torch.autograd.grad(fast.square().sum(), [x, *conv.parameters()])
+    reference = nn.Conv3d.forward(conv, x)
+    (ref_grad_x, *ref_grads) = torch.autograd.grad(reference.square().sum(), [x, *conv.parameters()])
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip([fast_grad_x, *fast_grads], [ref_grad_x, *ref_grads]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -15,12 +15,14 @@ Stride3D = tuple[int, int, int]
 
 
 class Conv3d(nn.Conv3d):
-    """nn.Conv3d (same arguments, parameters and result) whose float32 forward on the CPU runs oneDNN's kernel.
+    """nn.Conv3d (same arguments, parameters and result) whose float32 forward on the CPU takes the fast kernel.
 
-    Why: for some shapes PyTorch picks its reference kernel slow_conv3d on the CPU, 10 to 20 times slower than
-    oneDNN for the same convolution (2 threads: 16 -> 10 channels, 3^3 kernel at 10 x 128 x 112, 112 ms against
-    5.7 ms), and LightMedSeg has several at full resolution. Results agree up to float rounding. Other devices and
-    dtypes, tracing (ONNX export), torch.compile and dispatch modes (FLOP counting) take nn.Conv3d's own path.
+    Why: on the CPU PyTorch picks slow kernels for some of LightMedSeg's full-resolution shapes (2 threads, at
+    10 x 128 x 112): its reference slow_conv3d for some 3^3 convolutions (16 -> 10 channels: 112 ms, oneDNN 5.7 ms),
+    and oneDNN's plain-layout kernel for 1^3 convolutions (20 -> 20 channels: 14 ms, a matrix product 1.7 ms). So a
+    1^3 convolution (stride 1, one group, no padding) runs as y = W x over the voxels, every other one through
+    oneDNN directly. Results agree up to float rounding. Other devices and dtypes, tracing (ONNX export),
+    torch.compile and dispatch modes (FLOP counting) take nn.Conv3d's own path.
 
     Shapes: (B, C_in, D, H, W) -> (B, C_out, D', H', W') as nn.Conv3d.
     """
@@ -30,6 +32,11 @@ class Conv3d(nn.Conv3d):
                 and not isinstance(self.padding, str) and torch.backends.mkldnn.is_available()
                 and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
                 and not is_in_torch_dispatch_mode()):
+            if self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0) \
+                    and self.groups == 1:
+                weight = self.weight.flatten(1).expand(x.shape[0], -1, -1)  # bmm: no transposed copies, as matmul makes
+                y = torch.bmm(weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
+                return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                                      self.dilation, self.groups)
         return super().forward(x)
