@@ -100,7 +100,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                    check=True)
     dataset_json = json.loads((raw / "dataset.json").read_text())
     classes = [n for n in dataset_json["labels"] if n not in ("background", "ignore")]
-    scored = score_folder(predictions, args.preprocessed / raw.name / "gt_segmentations", dataset_json, processes=4)
+    scored = score_folder(predictions, raw / "labelsTr", dataset_json, processes=4)
 
     meta = metadata()
     meta.update({"device": device_name(), "dataset": raw.name, "trainer": args.trainer, "fold": args.fold,
