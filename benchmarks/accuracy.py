@@ -234,10 +234,14 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def foreground_labels(dataset_json: dict) -> dict[str, Any]:
+    """The scored classes of a dataset.json: name -> label value, or list of values for a region."""
+    return {name: value for name, value in dataset_json["labels"].items() if name not in ("background", "ignore")}
+
+
 def score_folder(predictions: Path, labels: Path, dataset_json: dict, processes: int = 1) -> list[dict[str, Any]]:
     """:func:`score_case` for every prediction in the folder (labels, or regions for region-based datasets)."""
-    labels_or_regions = {name: value for name, value in dataset_json["labels"].items()
-                         if name not in ("background", "ignore")}
+    labels_or_regions = foreground_labels(dataset_json)
     files = sorted(predictions.glob("*" + dataset_json["file_ending"]))
     # one thread per worker: with torch's default (all cores) in each, a pool of N workers asks for N^2 threads
     with multiprocessing.get_context("spawn").Pool(max(1, processes), initializer=_one_thread) as pool:
@@ -293,7 +297,7 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     """Rows: one per (trainer, fold, fraction) with MONAI metrics of its validation, and one per trainer for
     the ensemble of its full-data folds on the test folder."""
     dataset_json = json.loads((ws.raw / "dataset.json").read_text())
-    classes = [n for n in dataset_json["labels"] if n not in ("background", "ignore")]
+    classes = list(foreground_labels(dataset_json))
     labels = ws.raw / "labelsTr"  # nnU-Net's gt_segmentations are copies of these
     import torch
     rows = []
@@ -464,7 +468,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         meta.update({"scored_on": f"{meta['device']}, torch {meta['torch']}", "torch": trained["torch"],
                      "device": f"{gpus} x {trained['gpu']}" if gpus else trained["gpu"]})
     dataset_json = json.loads((ws.raw / "dataset.json").read_text())
-    table = {"metadata": meta, "classes": [n for n in dataset_json["labels"] if n not in ("background", "ignore")],
+    table = {"metadata": meta, "classes": list(foreground_labels(dataset_json)),
              "fold_numbers": {f"{f}@{p:g}": n for (f, p), n in fold_numbers.items()}, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"accuracy_{args.name}.json").write_text(json.dumps(table, indent=2) + "\n")

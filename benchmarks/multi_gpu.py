@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import dataset_id, device_name, epoch_times, score_folder, summarise  # noqa: E402
+from accuracy import dataset_id, device_name, epoch_times, foreground_labels, score_folder, summarise  # noqa: E402
 from complexity import metadata  # noqa: E402
 
 
@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     subprocess.run(command, env={**base_env, "nnUNet_results": str(args.work / f"results_{args.gpus}gpu")},
                    check=True)
     dataset_json = json.loads((raw / "dataset.json").read_text())
-    classes = [n for n in dataset_json["labels"] if n not in ("background", "ignore")]
+    classes = list(foreground_labels(dataset_json))
     scored = score_folder(predictions, raw / "labelsTr", dataset_json, processes=4)
 
     meta = metadata()
