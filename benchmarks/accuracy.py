@@ -239,13 +239,19 @@ def foreground_labels(dataset_json: dict) -> dict[str, Any]:
     return {name: value for name, value in dataset_json["labels"].items() if name not in ("background", "ignore")}
 
 
-def score_folder(predictions: Path, labels: Path, dataset_json: dict, processes: int = 1) -> list[dict[str, Any]]:
+def scoring_pool(processes: int) -> multiprocessing.pool.Pool:
+    """Workers for :func:`score_folder`. Start one pool for all folders: each spawned worker imports torch and MONAI
+    (seconds of CPU apiece; a pool of 64 per fold kept a 64-core machine busy for minutes on ten folds). One torch
+    thread per worker: with torch's default (all cores) in each, a pool of N workers asks for N^2 threads."""
+    return multiprocessing.get_context("spawn").Pool(max(1, processes), initializer=_one_thread)
+
+
+def score_folder(predictions: Path, labels: Path, dataset_json: dict,
+                 pool: multiprocessing.pool.Pool) -> list[dict[str, Any]]:
     """:func:`score_case` for every prediction in the folder (labels, or regions for region-based datasets)."""
     labels_or_regions = foreground_labels(dataset_json)
     files = sorted(predictions.glob("*" + dataset_json["file_ending"]))
-    # one thread per worker: with torch's default (all cores) in each, a pool of N workers asks for N^2 threads
-    with multiprocessing.get_context("spawn").Pool(max(1, processes), initializer=_one_thread) as pool:
-        return pool.starmap(score_case, [(f, labels, labels_or_regions) for f in files])
+    return pool.starmap(score_case, [(f, labels, labels_or_regions) for f in files])
 
 
 def summarise(cases: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
@@ -301,28 +307,32 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     labels = ws.raw / "labelsTr"  # nnU-Net's gt_segmentations are copies of these
     import torch
     rows = []
-    for trainer in trainers:
-        complexity = network_complexity(ws, trainer)
-        params, gflops = complexity["params"], complexity["gflops"]
-        for (fold, fraction), number in sorted(fold_numbers.items()):
-            folder = ws.model_folder(trainer) / f"fold_{number}"
-            cases = score_folder(folder / "validation", labels, dataset_json, processes)
-            times = epoch_times(folder)
-            rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
-                         "train_fraction": fraction, "params": params, "gflops": gflops,
-                         "seconds_per_epoch": float(np.median(times)) if times else None,
-                         "num_cases": len(cases), **summarise(cases, classes)})
-        full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
-        if test_images is not None and test_labels is not None:
-            out = ws.results / ws.name / "test_predictions" / trainer
-            if not (out / "done").is_file():
-                ws.run("nnUNetv2_predict", "-i", str(test_images), "-o", str(out), "-d", str(ws.id),
-                       "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, full_folds), "-npp", str(processes),
-                       "-nps", str(processes), "-device", "cuda" if torch.cuda.is_available() else "cpu")
-                (out / "done").touch()
-            cases = score_folder(out, test_labels, dataset_json, processes)
-            rows.append({"trainer": trainer, "kind": "test ensemble", "folds": full_folds, "params": params,
-                         "num_cases": len(cases), "cases": [c["case"] for c in cases], **summarise(cases, classes)})
+    with scoring_pool(processes) as pool:
+        for trainer in trainers:
+            complexity = network_complexity(ws, trainer)
+            params, gflops = complexity["params"], complexity["gflops"]
+            for (fold, fraction), number in sorted(fold_numbers.items()):
+                folder = ws.model_folder(trainer) / f"fold_{number}"
+                cases = score_folder(folder / "validation", labels, dataset_json, pool)
+                times = epoch_times(folder)
+                rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
+                             "train_fraction": fraction, "params": params, "gflops": gflops,
+                             "seconds_per_epoch": float(np.median(times)) if times else None,
+                             # names a training (nnU-Net's log names carry its start time): the same training
+                             # scored in two tables counts once in readme_tables' run-to-run comparison
+                             "training_logs": sorted(log.name for log in folder.glob("training_log_*.txt")),
+                             "num_cases": len(cases), **summarise(cases, classes)})
+            full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
+            if test_images is not None and test_labels is not None:
+                out = ws.results / ws.name / "test_predictions" / trainer
+                if not (out / "done").is_file():
+                    ws.run("nnUNetv2_predict", "-i", str(test_images), "-o", str(out), "-d", str(ws.id),
+                           "-c", "3d_fullres", "-tr", trainer, "-f", *map(str, full_folds), "-npp", str(processes),
+                           "-nps", str(processes), "-device", "cuda" if torch.cuda.is_available() else "cpu")
+                    (out / "done").touch()
+                cases = score_folder(out, test_labels, dataset_json, pool)
+                rows.append({"trainer": trainer, "kind": "test ensemble", "folds": full_folds, "params": params,
+                             "num_cases": len(cases), "cases": [c["case"] for c in cases], **summarise(cases, classes)})
     return rows
 
 
@@ -432,16 +442,22 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="score folds trained elsewhere and copied into --work (each fold's training log, "
                         "debug.json and validation/ suffice): no planning, no training")
     args = parser.parse_args(argv)
-    if args.score_only and (args.test or any(f < 1 for f in args.train_fractions)):
-        parser.error("--score-only scores the full-data folds' validation only (no --test, no --train-fractions)")
+    if args.score_only and args.test:
+        parser.error("--score-only scores the folds' validation only (no --test)")
 
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus
     ws = Workspace(args.raw.resolve(), args.work.resolve(), args.epochs, args.iterations)
     if args.score_only:
-        fold_numbers = {(fold, 1.0): fold for fold in args.folds}
-        missing = [str(ws.model_folder(t) / f"fold_{f}" / "validation") for t in args.trainers for f in args.folds
-                   if not (ws.model_folder(t) / f"fold_{f}" / "validation").is_dir()]
+        if any(f < 1 for f in args.train_fractions) and not ws.splits_file.is_file():
+            parser.error(f"--score-only --train-fractions: the fraction folds are numbered in the run's splits file; "
+                         f"copy its preprocessed/{ws.name}/splits_final.json to {ws.splits_file}")
+        fold_numbers = ({k: v for k, v in add_fraction_folds(ws, args.folds, args.train_fractions).items()
+                         if k[1] in args.train_fractions} if ws.splits_file.is_file()
+                        else {(fold, 1.0): fold for fold in args.folds})
+        missing = [str(ws.model_folder(t) / f"fold_{n}" / "validation") for t in args.trainers
+                   for n in sorted(set(fold_numbers.values()))
+                   if not (ws.model_folder(t) / f"fold_{n}" / "validation").is_dir()]
         if missing:
             parser.error(f"--score-only: no validation predictions in {', '.join(missing)}. Copy the trained folds "
                          f"there; --epochs and --iterations name the budget folder ({ws.results.name})")

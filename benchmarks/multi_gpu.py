@@ -25,7 +25,8 @@ from typing import Any, Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import dataset_id, device_name, epoch_times, foreground_labels, score_folder, summarise  # noqa: E402
+from accuracy import (dataset_id, device_name, epoch_times, foreground_labels, score_folder,  # noqa: E402
+                      scoring_pool, summarise)
 from complexity import metadata  # noqa: E402
 
 
@@ -100,7 +101,8 @@ def main(argv: Optional[list[str]] = None) -> None:
                    check=True)
     dataset_json = json.loads((raw / "dataset.json").read_text())
     classes = list(foreground_labels(dataset_json))
-    scored = score_folder(predictions, raw / "labelsTr", dataset_json, processes=4)
+    with scoring_pool(4) as pool:
+        scored = score_folder(predictions, raw / "labelsTr", dataset_json, pool)
 
     meta = metadata()
     meta.update({"device": device_name(), "dataset": raw.name, "trainer": args.trainer, "fold": args.fold,

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import numpy as np
@@ -17,6 +18,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 import accuracy  # noqa: E402
 import plots  # noqa: E402
+import readme_tables  # noqa: E402
 
 
 def _row(trainer: str, fold: int, dice: float, fraction: float = 1.0) -> dict:
@@ -54,6 +56,53 @@ def test_plot_has_one_point_per_trainer_and_the_stated_size(tmp_path):
     assert matplotlib.image.imread(out).shape[:2] == (400, 1000)
 
 
+def test_a_trainer_in_several_tables_is_drawn_from_the_one_with_most_folds():
+    """The ablation table repeats LightMedSeg on fold 0 (another run): the plot keeps the 2-fold point and adds the
+    variant, it does not pool folds of different runs."""
+    ablation = {**TABLE, "rows": [_row("nnUNetTrainerLightMedSeg", 0, 0.60),
+                                  _row("nnUNetTrainerLightMedSeg_noFiLM", 0, 0.70)]}
+    points = {p["trainer"]: p for p in plots.points([ablation, TABLE])}
+    assert points["nnUNetTrainerLightMedSeg"]["folds"] == 2 and points["nnUNetTrainerLightMedSeg"]["dice"] == pytest.approx(0.85)
+    assert points["nnUNetTrainerLightMedSeg_noFiLM"]["folds"] == 1
+
+
+def test_run_to_run_names_each_repeated_training_once():
+    def table(dice: float, log: str) -> dict:
+        return {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg", 0, dice), "training_logs": [log]}]}
+    first = table(0.68, "training_log_2026_11_27_04_59_39.txt")
+    again = table(0.72, "training_log_2026_11_27_07_52_10.txt")
+    sentence = readme_tables.run_to_run({"acdc": first, "acdc_ablation": again, "acdc_data_efficiency": again})
+    assert "nnUNetTrainerLightMedSeg fold 0: 0.680 (`acdc`), 0.720 (`acdc_ablation`), a spread of 0.040" in sentence
+    assert readme_tables.run_to_run({"acdc_ablation": again, "acdc_data_efficiency": again}) == ""
+
+
+def test_fraction_folds_are_appended_once_and_keep_patients_whole(tmp_path):
+    cases = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 21) for f in (1, 12)]
+    splits = [{"train": [c for c in cases if int(c[7:10]) % 5 != k], "val": [c for c in cases if int(c[7:10]) % 5 == k]}
+              for k in range(5)]
+    ws = SimpleNamespace(splits_file=tmp_path / "splits_final.json")
+    ws.splits_file.write_text(json.dumps(splits))
+    first = accuracy.add_fraction_folds(ws, [0], [0.25, 0.5, 1.0])
+    again = accuracy.add_fraction_folds(ws, [0], [0.25, 0.5, 1.0])
+    stored = json.loads(ws.splits_file.read_text())
+    assert first == again == {(0, 1.0): 0, (0, 0.25): 5, (0, 0.5): 6} and len(stored) == 7
+    for number, fraction in ((5, 0.25), (6, 0.5)):
+        patients = {accuracy.patient_of(c) for c in stored[number]["train"]}
+        assert len(patients) == round(fraction * 16) and len(stored[number]["train"]) == 2 * len(patients)
+        assert stored[number]["val"] == splits[0]["val"]
+
+
+def test_score_only_fractions_without_the_runs_splits_file_says_what_to_copy(tmp_path):
+    raw = tmp_path / "raw" / "Dataset901_Copied"
+    raw.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--raw", str(raw), "--work",
+                           str(tmp_path / "work"), "--trainers", "nnUNetTrainerLightMedSeg", "--folds", "0",
+                           "--epochs", "10", "--iterations", "100", "--train-fractions", "0.5", "1", "--score-only",
+                           "--name", "copied", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "preprocessed/Dataset901_Copied/splits_final.json" in proc.stderr
+
+
 @pytest.mark.slow
 def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     raw = make_dataset(nnunet_env.raw, 987, "Accuracy", num_train=6, num_test=2, shape=(32, 32, 32), seed=27)
@@ -85,6 +134,8 @@ def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
     prediction.CopyInformation(label)
     (tmp_path / "pred").mkdir()
     sitk.WriteImage(prediction, str(tmp_path / "pred" / label_file.name))
-    [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", json.loads((raw / "dataset.json").read_text()))
+    with accuracy.scoring_pool(1) as pool:
+        [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", json.loads((raw / "dataset.json").read_text()),
+                                      pool)
     assert row["whole tumor"] == {"dice": 1.0, "hd95": 0.0} and row["tumor core"] == {"dice": 1.0, "hd95": 0.0}
     assert row["enhancing tumor"]["dice"] == 0.0 and np.isnan(row["enhancing tumor"]["hd95"])

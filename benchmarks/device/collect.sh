@@ -6,7 +6,7 @@ W=/opt/acc
 tail -n 2 $W/main.log $W/ablation.log $W/fractions.log $W/stability_*.log 2>/dev/null | cut -c1-400
 tar czf $OUT/out.tgz -C /opt out 2>/dev/null
 tar czf $OUT/logs.tgz -C $W --exclude='*.pth' --exclude='*.nii.gz' --exclude='*.npz' --exclude='*.pkl' \
-    --exclude=preprocessed . 2>/dev/null
+    --exclude='preprocessed/*/nnUNetPlans_*' --exclude='preprocessed/*/gt_segmentations' . 2>/dev/null
 # the trained LightMedSeg (fold 0) for the README's figures, and every validation prediction for re-scoring
 MODEL=results_*/Dataset027_ACDC/nnUNetTrainerLightMedSeg__nnUNetPlans__3d_fullres
 (cd $W && tar czf $OUT/lightmedseg_fold0.tgz $MODEL/plans.json $MODEL/dataset.json $MODEL/fold_0/checkpoint_final.pth) \
