@@ -1,8 +1,10 @@
 """Mean Dice against parameters and against GFLOPs (log scale) for every model trained by ``accuracy.py``.
 
 One point per trainer of every ``accuracy_*.json`` given but smoke tests (cross-validation on all training cases; the
-mean over its folds, with the spread over folds as an error bar), labelled with the trainer name. Parameters and
-GFLOPs are those the accuracy script recorded (the network at the patch it trained at).
+mean over its folds, with the spread over folds as an error bar), labelled with the trainer name and its number of
+folds. A trainer in several tables (LightMedSeg is the reference row of the ablation and data-efficiency tables) is
+drawn from the table with the most folds: folds of different runs are not pooled. Parameters and GFLOPs are those
+the accuracy script recorded (the network at the patch it trained at).
 
 Usage::
 
@@ -21,14 +23,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One point per (dataset, trainer): mean and standard deviation of mean Dice over its full-data folds."""
+    """One point per (dataset, trainer): mean and standard deviation of mean Dice over its full-data folds, from
+    the table with the most of them."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for table in tables:
         if table["metadata"].get("smoke_test"):
             continue
+        rows_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in table["rows"]:
             if row["kind"] == "cross-validation" and row["train_fraction"] == 1.0:
-                groups.setdefault((table["metadata"]["dataset"], row["trainer"]), []).append(row)
+                rows_of.setdefault((table["metadata"]["dataset"], row["trainer"]), []).append(row)
+        for key, rows in rows_of.items():
+            if len(rows) > len(groups.get(key, [])):
+                groups[key] = rows
     return [{"dataset": dataset, "trainer": trainer, "params": rows[0]["params"], "gflops": rows[0].get("gflops"),
              "dice": float(np.mean([r["mean_dice"] for r in rows])),
              "dice_sd": float(np.std([r["mean_dice"] for r in rows])), "folds": len(rows)}
@@ -40,20 +47,25 @@ def plot(data: list[dict[str, Any]], out: Path, width_px: int = 1400) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(width_px / 100, width_px / 250), dpi=100, sharey=True)
+    colours, markers = plt.get_cmap("tab10").colors, "osD^vP*Xph<>"
     for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "gflops", "GFLOPs per patch (batch 1)")):
-        for point in data:
+        for i, point in enumerate(data):
             if point[key] is None:
                 continue
-            ax.errorbar(point[key], point["dice"], yerr=point["dice_sd"], fmt="o", capsize=3)
-            ax.annotate(f"{point['trainer'].replace('nnUNetTrainer', '') or 'nnU-Net default'} ({point['folds']}f)",
-                        (point[key], point["dice"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            # a legend, not labels at the points: the ablation variants lie too close together to label
+            ax.errorbar(point[key], point["dice"], yerr=point["dice_sd"], fmt=markers[i % len(markers)],
+                        color=colours[i % len(colours)], capsize=3,
+                        label=f"{point['trainer'].replace('nnUNetTrainer', '') or 'nnU-Net default'} "
+                              f"({point['folds']} fold{'s' if point['folds'] > 1 else ''})")
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("mean foreground Dice (cross-validation)")
     datasets = sorted({p["dataset"] for p in data})
     fig.suptitle(f"Accuracy against cost: {', '.join(datasets)}")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)

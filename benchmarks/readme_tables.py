@@ -138,13 +138,14 @@ def accuracy_section() -> str:
         return ("No accuracy results are committed yet: `benchmarks/accuracy.py` (see its `--help`) trains and "
                 "scores them; `benchmarks/device/acdc_session.sh` is the run planned for one GPU.\n")
     parts = []
-    for file in files:
-        table = json.loads(file.read_text())
+    tables = {file.stem.removeprefix("accuracy_"): json.loads(file.read_text()) for file in files}
+    for name, table in tables.items():
         meta = table["metadata"]
         budget = meta["budget"]
         iterations = budget["epochs"] * budget["iterations_per_epoch"]
-        title, _, body = (RESULTS / file.name.replace(".json", ".md")).read_text().split("\n", 2)
-        parts.append(f"#### {title.removeprefix('# ')}\n\n{body.strip()}")
+        body = (RESULTS / f"accuracy_{name}.md").read_text().split("\n", 1)[1]  # below accuracy.py's title
+        parts.append(f"#### `{name}`: {meta['dataset']}, {budget['epochs']} epochs x {budget['iterations_per_epoch']} "
+                     f"iterations\n\n{body.strip()}")
         if meta.get("smoke_test"):
             tested = sorted({case for row in table["rows"] for case in row.get("cases", [])})
             if tested:
@@ -156,9 +157,38 @@ def accuracy_section() -> str:
                      f"once on each GPU, beside the other jobs of its session (benchmarks/device/acdc_session.sh), "
                      f"so s / epoch compares the rows of this table only."
                      + (f" Note: {meta['params_recounted']}." if "params_recounted" in meta else ""))
+    repeats = run_to_run(tables)
+    if repeats:
+        parts.append(repeats)
     if (RESULTS / "accuracy_vs_cost.png").is_file():  # made by benchmarks/plots.py from the same files
         parts.append("![Mean Dice against parameters and GFLOPs](benchmarks/results/accuracy_vs_cost.png)")
     return "\n\n".join(parts) + "\n"
+
+
+def run_to_run(tables: dict[str, dict[str, Any]]) -> str:
+    """One sentence on the trainings of one trainer, fold and budget that the committed tables hold more than once
+    (each training once, known by its nnU-Net log names): the spread a single fold's difference must beat."""
+    scores: dict[tuple, dict[tuple, tuple[float, str]]] = {}
+    for name, table in tables.items():
+        meta = table["metadata"]
+        if meta.get("smoke_test"):
+            continue
+        for row in table["rows"]:
+            if row["kind"] == "cross-validation" and row["train_fraction"] == 1.0 and row.get("training_logs"):
+                key = (meta["dataset"], meta["budget"]["epochs"], meta["budget"]["iterations_per_epoch"],
+                       row["trainer"], row["fold"])
+                scores.setdefault(key, {}).setdefault(tuple(row["training_logs"]), (row["mean_dice"], name))
+    repeated = []
+    for (_, _, _, trainer, fold), runs in scores.items():
+        if len(runs) > 1:
+            dice = [d for d, _ in runs.values()]
+            repeated.append(f"{trainer} fold {fold}: {', '.join(f'{d:.3f} (`{n}`)' for d, n in runs.values())}, "
+                            f"a spread of {max(dice) - min(dice):.3f}")
+    if not repeated:
+        return ""
+    return ("**Run to run**: the same trainer, fold and budget, trained again in another run, scored mean Dice "
+            + "; ".join(repeated) + ". A difference between two single-fold rows smaller than that spread is not "
+            "evidence of a difference between the networks.")
 
 
 def stability_section() -> str:
