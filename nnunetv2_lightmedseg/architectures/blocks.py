@@ -4,7 +4,7 @@ Shapes use B (batch), C (channels) and (D, H, W) for the spatial axes, in nnU-Ne
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,9 @@ class Conv3d(nn.Conv3d):
             if self.kernel_size == (1, 1, 1) and self.stride == (1, 1, 1) and self.padding == (0, 0, 0) \
                     and self.groups == 1:
                 weight = self.weight.flatten(1).expand(x.shape[0], -1, -1)  # bmm: no transposed copies, as matmul makes
-                y = torch.bmm(weight, x.flatten(2)).view(x.shape[0], -1, *x.shape[2:])
-                return y if self.bias is None else y + self.bias.view(1, -1, 1, 1, 1)
+                y = (torch.bmm(weight, x.flatten(2)) if self.bias is None
+                     else torch.baddbmm(self.bias.view(1, -1, 1), weight, x.flatten(2)))  # bias in the same pass
+                return y.view(x.shape[0], -1, *x.shape[2:])
             return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                                      self.dilation, self.groups)
         return super().forward(x)
@@ -116,9 +117,10 @@ class DepthwiseSeparableConv3D(nn.Sequential):
 
 
 class SqueezeExcite3D(nn.Module):
-    """Channel attention: y = x * sigmoid(W2 act(W1 mean_{DHW}(x))).
+    """Channel attention: y = x * sigmoid(W2 act(W1 mean_{DHW}(x))), or r + x * sigmoid(...) given a residual r
+    (one pass over the volume instead of two: the element-wise passes, not the FLOPs, bound the CPU and the eager GPU).
 
-    Shapes: (B, C, D, H, W) -> (B, C, D, H, W); the hidden width is max(C / reduction, 4).
+    Shapes: (B, C, D, H, W) [and r (B, C, D, H, W)] -> (B, C, D, H, W); the hidden width is max(C / reduction, 4).
     """
 
     def __init__(self, channels: int, reduction: int = 4) -> None:
@@ -127,9 +129,10 @@ class SqueezeExcite3D(nn.Module):
         self.fc1 = Conv3d(channels, hidden, 1)
         self.fc2 = Conv3d(hidden, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
         squeezed = x.mean(dim=(2, 3, 4), keepdim=True)
-        return x * torch.sigmoid(self.fc2(F.leaky_relu(self.fc1(squeezed), 1e-2)))
+        gate = torch.sigmoid(self.fc2(F.leaky_relu(self.fc1(squeezed), 1e-2)))
+        return x * gate if residual is None else torch.addcmul(residual, x, gate)
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -63,7 +63,7 @@ class AnchorPositionBias(nn.Module):
         grid = normalized_grid(features.shape[2:], features.device, features.dtype)  # (3, D, H, W)
         offsets = grid[None, None] - anchor_positions.to(features.dtype)[:, :, :, None, None, None]  # (B,K,3,...)
         bias = self.embed(offsets.flatten(1, 2))
-        return features + torch.sigmoid(self.gate(features)) * bias
+        return torch.addcmul(features, torch.sigmoid(self.gate(features)), bias)
 
 
 class AdaptiveMixBlock(nn.Module):
@@ -93,9 +93,9 @@ class AdaptiveMixBlock(nn.Module):
         if not self.adaptive:
             return self.ghost(fused) + fused
         w = torch.softmax(self.router(fused), dim=1)
-        mixed = (w[:, 0:1] * self.separable(fused) + w[:, 1:2] * self.ghost(fused)
-                 + w[:, 2:3] * self.pointwise(fused))
-        return self.se(mixed) + fused
+        mixed = torch.addcmul(torch.addcmul(w[:, 0:1] * self.separable(fused), w[:, 1:2], self.ghost(fused)),
+                              w[:, 2:3], self.pointwise(fused))
+        return self.se(mixed, residual=fused)
 
 
 class SegmentationHead(nn.Module):

@@ -27,7 +27,7 @@ class AnchorFiLM(nn.Module):
     def forward(self, features: torch.Tensor, descriptor: torch.Tensor) -> torch.Tensor:
         film = self.linear(descriptor.to(self.linear.weight.dtype)).to(features.dtype)
         gamma, beta = film[:, :, None, None, None].chunk(2, dim=1)
-        return features * (1 + gamma) + beta
+        return torch.addcmul(beta, features, 1 + gamma)  # one pass over G, not two
 
 
 class TextureRoutedStage(nn.Module):
@@ -64,6 +64,6 @@ class TextureRoutedStage(nn.Module):
             routed = detail
         else:
             smooth = self.smooth(features)
-            routed = (smooth + 0.5 * (detail - smooth) if texture is None
-                      else smooth + texture.to(features.dtype) * (detail - smooth))
-        return self.se(routed) + features
+            routed = (torch.add(smooth, detail - smooth, alpha=0.5) if texture is None
+                      else torch.addcmul(smooth, texture.to(features.dtype), detail - smooth))
+        return self.se(routed, residual=features)

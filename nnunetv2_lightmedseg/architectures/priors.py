@@ -101,5 +101,5 @@ class LocalStructuralPrior(nn.Module):
             texture = torch.sigmoid(self.texture(torch.abs(self.smooth(stem_features) - stem_features)))
         weights = torch.softmax(self.gate(stem_features), dim=1)
         first, second = self.projections(stem_features).chunk(2, dim=1)
-        mixed = stem_features + weights[:, :1] * first + weights[:, 1:] * second
+        mixed = torch.addcmul(torch.addcmul(stem_features, weights[:, :1], first), weights[:, 1:], second)
         return mixed, texture
