@@ -109,6 +109,16 @@ def speed_section() -> str:
         parts += ["", f"**GPU, presets and transformer baselines** (a second run, nnU-Net default measured again "
                   f"in it: {provenance(others['metadata'], 'speed_nvidia-h200_baselines.json')}).", ""]
         parts += speed_rows_table(others["rows"], gpu=True)
+    modes = load("speed_nvidia-h100-80gb-hbm3.json")
+    if modes is not None:
+        measured = {r["model"] for r in modes["rows"]}
+        parts += ["", f"**GPU, LightMedSeg under `torch.compile` and CUDA graphs** "
+                  f"({provenance(modes['metadata'], 'speed_nvidia-h100-80gb-hbm3.json')}): "
+                  + ("" if REFERENCE in measured else "the run ended before nnU-Net default's rows, so nothing here "
+                     "is a speed-up and the targets are judged on the table above. ")
+                  + ("" if "train_peak_over" in modes["metadata"] else "The CUDA-graph rows' peak memory was taken "
+                     "after the graph's pool was allocated and is too low (benchmarks/SPEED_NOTES.md)."), ""]
+        parts += speed_rows_table(modes["rows"], gpu=True)
     cpu = load("speed_cpu-2cores.json")
     if cpu is not None:
         parts += ["", f"**CPU, 2 cores** ({provenance(cpu['metadata'], 'speed_cpu-2cores.json')}; float32).", ""]

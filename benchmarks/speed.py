@@ -343,6 +343,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                      if device.type == "cuda" else "float32",
         "copy_bandwidth_gbps": copy_bandwidth_gbps(device),
         "train_batch": TRAIN_BATCH, "cases": {k: list(v) for k, v in CASES.items()},
+        "train_peak_over": "warm-up and timed steps",  # earlier files: timed steps only (too low under CUDA graphs)
     })
     tag = args.tag or device_tag(device)
     args.out.mkdir(parents=True, exist_ok=True)
