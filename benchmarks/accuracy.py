@@ -153,6 +153,10 @@ def train_one(dataset: str, trainer_name: str, fold: int, epochs: int, iteration
     trainer.perform_actual_validation(False)
 
 
+#: written into each fold trained by this script: the command that trained it, for tables scored elsewhere
+TRAINED_BY = "trained_by.json"
+
+
 def job_done(ws: Workspace, trainer: str, fold: int) -> bool:
     folder = ws.model_folder(trainer) / f"fold_{fold}"
     return (folder / "checkpoint_final.pth").is_file() and (folder / "validation" / "summary.json").is_file()
@@ -188,6 +192,8 @@ def train_all(ws: Workspace, jobs: list[tuple[str, int]], gpus: int, jobs_per_gp
                        "--iterations", str(ws.budget["iterations_per_epoch"]),
                        log=logs / f"{trainer}_fold{fold}.log",
                        extra_env={"CUDA_VISIBLE_DEVICES": str(gpu)} if gpus else None)
+                (ws.model_folder(trainer) / f"fold_{fold}" / TRAINED_BY).write_text(json.dumps(
+                    {"command": metadata()["command"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
             except subprocess.CalledProcessError as error:
                 failures.append(f"{trainer} fold {fold}: exit {error.returncode}, see {logs}")
             finally:
@@ -336,13 +342,17 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
     return rows
 
 
-def training_record(ws: Workspace, trainers: list[str], folds: list[int]) -> dict[str, str]:
-    """The GPU and torch version that trained the folds, from nnU-Net's ``debug.json`` of each; stops when the folds
-    disagree or were trained under another budget than the workspace's."""
-    seen = set()
+def training_record(ws: Workspace, trainers: list[str], folds: list[int]) -> dict[str, Any]:
+    """The GPU and torch version that trained the folds, from nnU-Net's ``debug.json`` of each, and the commands
+    that trained them where this script did (its ``trained_by.json``); stops when the folds disagree or were
+    trained under another budget than the workspace's."""
+    seen, commands = set(), set()
     for trainer in trainers:
         for fold in folds:
-            debug = json.loads((ws.model_folder(trainer) / f"fold_{fold}" / "debug.json").read_text())
+            folder = ws.model_folder(trainer) / f"fold_{fold}"
+            if (folder / TRAINED_BY).is_file():
+                commands.add(json.loads((folder / TRAINED_BY).read_text())["command"])
+            debug = json.loads((folder / "debug.json").read_text())
             budget = (int(debug["num_epochs"]), int(debug["num_iterations_per_epoch"]))
             if budget != (ws.budget["epochs"], ws.budget["iterations_per_epoch"]):
                 raise SystemExit(f"{trainer} fold {fold} trained {budget[0]} epochs x {budget[1]} iterations, "
@@ -351,7 +361,7 @@ def training_record(ws: Workspace, trainers: list[str], folds: list[int]) -> dic
     if len(seen) != 1:
         raise SystemExit(f"the folds were trained on different devices or torch versions: {sorted(seen)}")
     gpu, torch_version = seen.pop()
-    return {"gpu": gpu, "torch": torch_version}
+    return {"gpu": gpu, "torch": torch_version, "commands": sorted(commands)}
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -363,8 +373,10 @@ def to_markdown(table: dict[str, Any]) -> str:
              "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above."
              + (" **A smoke test of the pipeline (train, validate, ensemble, score) at a token budget: not an "
                 "accuracy claim.**" if meta.get("smoke_test") else "")
-             + (f" Trained on {meta['device']} (each fold's debug.json), copied back and scored on "
-                f"{meta['scored_on']} (`--score-only`)." if "scored_on" in meta else ""), ""]
+             + (f" Trained on {meta['device']} (each fold's debug.json)"
+               + (" by " + " and ".join(f"`{c}`" for c in meta["trained_by"]) if meta.get("trained_by") else "")
+               + f", copied back and scored on {meta['scored_on']} (`--score-only`)." if "scored_on" in meta else ""),
+             ""]
     header = "| Trainer | Params (M) | GFLOPs | Train fraction | Folds | " + " | ".join(
         f"{c} Dice | {c} HD95" for c in classes) + " | Mean Dice | s / epoch |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
@@ -482,6 +494,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.score_only:
         trained = training_record(ws, args.trainers, sorted(fold_numbers.values()))
         meta.update({"scored_on": f"{meta['device']}, torch {meta['torch']}", "torch": trained["torch"],
+                     "trained_by": trained["commands"],
                      "device": f"{gpus} x {trained['gpu']}" if gpus else trained["gpu"]})
     dataset_json = json.loads((ws.raw / "dataset.json").read_text())
     table = {"metadata": meta, "classes": list(foreground_labels(dataset_json)),

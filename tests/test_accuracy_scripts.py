@@ -62,7 +62,8 @@ def test_a_trainer_in_several_tables_is_drawn_from_the_one_with_most_folds():
     ablation = {**TABLE, "rows": [_row("nnUNetTrainerLightMedSeg", 0, 0.60),
                                   _row("nnUNetTrainerLightMedSeg_noFiLM", 0, 0.70)]}
     points = {p["trainer"]: p for p in plots.points([ablation, TABLE])}
-    assert points["nnUNetTrainerLightMedSeg"]["folds"] == 2 and points["nnUNetTrainerLightMedSeg"]["dice"] == pytest.approx(0.85)
+    reference = points["nnUNetTrainerLightMedSeg"]
+    assert reference["folds"] == 2 and reference["dice"] == pytest.approx(0.85)
     assert points["nnUNetTrainerLightMedSeg_noFiLM"]["folds"] == 1
 
 
@@ -118,6 +119,8 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     kinds = [(r["kind"], r.get("train_fraction")) for r in table["rows"]]
     assert kinds == [("cross-validation", 0.5), ("cross-validation", 1.0), ("test ensemble", None)]
     assert table["rows"][-1]["cases"] == sorted(p.name for p in (raw / "labelsTs").iterdir())
+    trained = tmp_path / "work" / "results_1epx5it" / raw.name / "nnUNetTrainerLightMedSeg__nnUNetPlans__3d_fullres"
+    assert "--name tiny" in json.loads((trained / "fold_0" / "trained_by.json").read_text())["command"]
     assert all(0 <= r["mean_dice"] <= 1 and r["gflops"] > 0 for r in table["rows"] if "gflops" in r)
 
 
@@ -135,7 +138,7 @@ def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
     (tmp_path / "pred").mkdir()
     sitk.WriteImage(prediction, str(tmp_path / "pred" / label_file.name))
     with accuracy.scoring_pool(1) as pool:
-        [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", json.loads((raw / "dataset.json").read_text()),
-                                      pool)
+        dataset_json = json.loads((raw / "dataset.json").read_text())
+        [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", dataset_json, pool)
     assert row["whole tumor"] == {"dice": 1.0, "hd95": 0.0} and row["tumor core"] == {"dice": 1.0, "hd95": 0.0}
     assert row["enhancing tumor"]["dice"] == 0.0 and np.isnan(row["enhancing tumor"]["hd95"])

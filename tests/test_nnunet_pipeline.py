@@ -118,6 +118,10 @@ def test_accuracy_scores_folds_copied_back_without_checkpoints(iso, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(iso.model_folder(ISO, TRAINER), work / "results_5epx30it" / ISO / f"{TRAINER}__nnUNetPlans__3d_fullres",
                     ignore=shutil.ignore_patterns("*.pth", "*.npz", "*.pkl"))
+    trained_by = '{"command": "python benchmarks/accuracy.py --epochs 5 --iterations 30 ..."}'
+    for fold in (0, 1):  # as accuracy.py leaves it in the folds it trains
+        (work / "results_5epx30it" / ISO / f"{TRAINER}__nnUNetPlans__3d_fullres" / f"fold_{fold}" / "trained_by.json"
+         ).write_text(trained_by)
 
     def score(epochs: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(BENCHMARKS / "accuracy.py"), "--raw", str(iso.raw / ISO),
@@ -137,6 +141,8 @@ def test_accuracy_scores_folds_copied_back_without_checkpoints(iso, tmp_path):
         durations = np.subtract(log["epoch_end_timestamps"], log["epoch_start_timestamps"])
         assert row["seconds_per_epoch"] == pytest.approx(np.median(durations), abs=0.01)  # the log rounds to 0.01 s
     assert table["metadata"]["device"] == "cpu" and table["metadata"]["torch"] == torch.__version__
+    assert "by `python benchmarks/accuracy.py --epochs 5 --iterations 30 ...`, copied back" in (
+        tmp_path / "accuracy_copied.md").read_text()
     proc = score("10")  # another budget: another results folder, which holds nothing
     assert proc.returncode != 0 and "no validation predictions in" in proc.stderr and "results_10epx30it" in proc.stderr
     (work / "results_5epx30it").rename(work / "results_10epx30it")  # folds renamed into it: their debug.json says
