@@ -114,11 +114,13 @@ def ensure_splits(ws: Workspace) -> list[dict]:
 
 def add_fraction_folds(ws: Workspace, folds: list[int], fractions: list[float], seed: int = 0
                        ) -> dict[tuple[int, float], int]:
-    """Append (fold, fraction) splits to splits_final.json (idempotent); return their fold numbers."""
+    """Append (fold, fraction) splits to splits_final.json (idempotent); return the fold numbers of the fractions
+    asked for (fraction 1: the fold itself)."""
     splits = ensure_splits(ws)
     numbers: dict[tuple[int, float], int] = {}
     for fold in folds:
-        numbers[(fold, 1.0)] = fold
+        if 1.0 in fractions:
+            numbers[(fold, 1.0)] = fold
         patients = sorted({patient_of(c) for c in splits[fold]["train"]})
         for fraction in sorted(f for f in fractions if f < 1):
             subset = set(random.Random(seed + fold).sample(patients, max(1, round(fraction * len(patients)))))
@@ -179,6 +181,8 @@ def train_all(ws: Workspace, jobs: list[tuple[str, int]], gpus: int, jobs_per_gp
     running: dict[tuple[str, int], float] = {}
     failures: list[str] = []
 
+    command = metadata()["command"]
+
     def worker(gpu: int) -> None:
         while True:
             try:
@@ -193,7 +197,7 @@ def train_all(ws: Workspace, jobs: list[tuple[str, int]], gpus: int, jobs_per_gp
                        log=logs / f"{trainer}_fold{fold}.log",
                        extra_env={"CUDA_VISIBLE_DEVICES": str(gpu)} if gpus else None)
                 (ws.model_folder(trainer) / f"fold_{fold}" / TRAINED_BY).write_text(json.dumps(
-                    {"command": metadata()["command"], "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
+                    {"command": command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
             except subprocess.CalledProcessError as error:
                 failures.append(f"{trainer} fold {fold}: exit {error.returncode}, see {logs}")
             finally:
@@ -464,8 +468,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         if any(f < 1 for f in args.train_fractions) and not ws.splits_file.is_file():
             parser.error(f"--score-only --train-fractions: the fraction folds are numbered in the run's splits file; "
                          f"copy its preprocessed/{ws.name}/splits_final.json to {ws.splits_file}")
-        fold_numbers = ({k: v for k, v in add_fraction_folds(ws, args.folds, args.train_fractions).items()
-                         if k[1] in args.train_fractions} if ws.splits_file.is_file()
+        fold_numbers = (add_fraction_folds(ws, args.folds, args.train_fractions) if ws.splits_file.is_file()
                         else {(fold, 1.0): fold for fold in args.folds})
         missing = [str(ws.model_folder(t) / f"fold_{n}" / "validation") for t in args.trainers
                    for n in sorted(set(fold_numbers.values()))
@@ -478,7 +481,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         if args.plan_only:
             return
         fold_numbers = add_fraction_folds(ws, args.folds, args.train_fractions)
-        fold_numbers = {k: v for k, v in fold_numbers.items() if k[1] in args.train_fractions}
         logs = args.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         jobs = [(t, n) for t in args.trainers for n in sorted(set(fold_numbers.values()))]
