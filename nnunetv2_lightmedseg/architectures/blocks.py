@@ -118,7 +118,7 @@ class DepthwiseSeparableConv3D(nn.Sequential):
 
 class SqueezeExcite3D(nn.Module):
     """Channel attention: y = x * sigmoid(W2 act(W1 mean_{DHW}(x))), or r + x * sigmoid(...) given a residual r
-    (one pass over the volume instead of two: the element-wise passes, not the FLOPs, bound the CPU and the eager GPU).
+    (one pass over the volume instead of two: on the CPU the element-wise passes, not the FLOPs, bound the time).
 
     Shapes: (B, C, D, H, W) [and r (B, C, D, H, W)] -> (B, C, D, H, W); the hidden width is max(C / reduction, 4).
     """
