@@ -8,8 +8,9 @@ For every model of the complexity table (``complexity.MODELS``) at every named i
   autocast, mirroring on and off) on a BraTS-sized 4 x 155 x 240 x 240 case (``iso128`` setting) and an ACDC case
   (``acdc`` setting, the plan's median shape).
 GPU timings use bf16 autocast, CUDA events, warm-up, and the median of many repeats; CPU timings a synchronous clock.
-``--modes eager compile cudagraphs`` measures each model as is, under ``torch.compile`` (nnU-Net compiles on CUDA by
-default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs). The forward's activation traffic (every module output written once and read once, counted with forward
+``--modes eager graphs compile cudagraphs`` measures each model's plain forward, its inference forward replayed from
+CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; forward and cases only), under ``torch.compile``
+(nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs, training too). The forward's activation traffic (every module output written once and read once, counted with forward
 hooks) over its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
 
 Usage::
@@ -38,6 +39,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from complexity import MODELS, SETTINGS, InputSetting, NotApplicable, build, metadata  # noqa: E402
 
+from nnunetv2_lightmedseg.architectures import InferenceGraphs, LightMedSeg  # noqa: E402
 from nnunetv2_lightmedseg.trainers.common import unwrap  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "plans"
@@ -52,6 +54,22 @@ REFERENCE = "nnU-Net default (PlainConvUNet)"
 #: ``--modes`` other than eager: torch.compile's mode for each. "cudagraphs" replays the fixed-shape forward (and
 #: training graphs) as CUDA graphs, which removes the kernel-launch cost that bounds LightMedSeg's eager forward.
 COMPILE_MODES = {"compile": None, "cudagraphs": "reduce-overhead"}
+#: ``--modes``: the plain forward, the inference forward replayed from CUDA graphs, and the compiled ones.
+MODES = ["eager", "graphs", *COMPILE_MODES]
+
+
+class ReplayedInference(nn.Module):
+    """Any model's inference forward replayed from CUDA graphs as LightMedSeg's own is (``graphs`` mode)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.graphs = InferenceGraphs()
+
+    def forward(self, x: torch.Tensor) -> Any:
+        if not self.training and InferenceGraphs.applies(x):
+            return self.graphs.run(self.model, x)
+        return self.model(x)
 
 
 def synchronize(device: torch.device) -> None:
@@ -226,14 +244,28 @@ def speed_row(name: str, setting: InputSetting, device: torch.device, mode: str,
 
 def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: torch.device, mode: str,
                 args: argparse.Namespace) -> dict[str, Any]:
+    gpu = device.type == "cuda"
+    if mode == "graphs" and not gpu:
+        raise NotApplicable("CUDA graphs need a GPU")
     model, setting, note = build(MODELS[name], setting)
     model = model.to(device).eval()
+    if isinstance(model, LightMedSeg):
+        model.cuda_graphs = False  # its default for inference; the modes below choose
     row.update(input_shape=list(setting.input_shape), built=note, note="")
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
     x = torch.randn(setting.input_shape, device=device)
     row["activation_gb"] = round(activation_bytes(model, x, device) / 1e9, 3)
-    runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode]) if mode in COMPILE_MODES else model
-    gpu = device.type == "cuda"
+    runnable = model
+    if mode in COMPILE_MODES:
+        # each row compiles a new model instance: without a reset, dynamo's per-function recompile limit (8) is
+        # reached after a few rows and later rows silently run eager (the 2026-11-27 H100 runs' slow compile rows)
+        torch._dynamo.reset()
+        runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
+    elif mode == "graphs":
+        if isinstance(model, LightMedSeg):
+            model.cuda_graphs = True
+        else:
+            runnable = ReplayedInference(model)
     if args.profile and mode == "eager":
         print(f"--- profile: {name} at {setting.name}\n{profile_forward(model, x, device)}", flush=True)
     with torch.inference_mode(), autocast(device):
@@ -242,16 +274,16 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     row["achieved_gbps"] = round(row["activation_gb"] / (row["forward_ms"] * 1e-3), 1)
     if args.throughput:
         row["max_batch"], row["images_per_s"] = largest_batch_throughput(runnable, setting, device)
-    if not args.no_training:
+    if not args.no_training and mode != "graphs":  # graphs replay inference only: training is the eager row's
         try:
             ms, peak = training_step_ms(runnable, setting, TRAIN_BATCH[setting.name], device,
                                         warmup=5 if gpu else 1, repeats=20 if gpu else 2)
             row["train_step_ms"], row["train_peak_gib"] = round(ms, 2), None if peak is None else round(peak, 3)
         except torch.OutOfMemoryError:
             row["note"] = "training step out of memory"
-    # eager only: nnUNetPredictor compiles only when nnUNet_compile is set, and a compiled model recompiles for the
-    # predictor's shapes, which costs more device time than the measurement
-    if args.prediction and mode == "eager" and (args.prediction_models is None or name in args.prediction_models):
+    # not compiled: nnUNetPredictor compiles only when nnUNet_compile is set, and a compiled model recompiles for
+    # the predictor's shapes, which costs more device time than the measurement
+    if args.prediction and mode in ("eager", "graphs") and (args.prediction_models is None or name in args.prediction_models):
         for mirroring in (False, True):
             key = "case_s_mirror" if mirroring else "case_s"
             # three on the CPU too: one (before 2026-11-27, third session) moved the mirrored case by 15 % run to run
@@ -316,7 +348,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), help="names from complexity.MODELS")
     parser.add_argument("--settings", nargs="+", default=[s.name for s in SETTINGS])
-    parser.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", *COMPILE_MODES])
+    parser.add_argument("--modes", nargs="+", default=["eager"], choices=MODES)
     parser.add_argument("--compile-models", nargs="+", default=None,
                         help="models measured under compile too (default: all of --models)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -348,11 +380,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     tag = args.tag or device_tag(device)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    # every model of a (setting, mode) before the next, in the order given: a run cut short (a time limit) keeps
+    # every model of a (mode, setting) before the next, in the order given: a run cut short (a time limit) keeps
     # the first ones side by side (the 2026-11-27 H100 run measured LightMedSeg's three modes and ran out before
-    # nnU-Net's first row); the files are rewritten after every row for the same reason
-    for setting in [s for s in SETTINGS if s.name in args.settings]:
-        for mode in args.modes:
+    # nnU-Net's first row), and the slow compiled modes can come last; the files are rewritten after every row
+    for mode in args.modes:
+        for setting in [s for s in SETTINGS if s.name in args.settings]:
             for name in args.models:
                 if mode in COMPILE_MODES and args.compile_models is not None and name not in args.compile_models:
                     continue

@@ -212,3 +212,20 @@ def test_network_input_pads_a_volume_thinner_than_the_patch():
     assert patch.sum() == 9 * 32 * 12  # every kept voxel of the image, zeros around it
     whole = figures.network_input(data, (10, 32, 16), (2, 8, 8), whole=True)
     assert whole.shape == (1, 10, 40, 16) and whole.sum() == data.sum()
+
+
+@pytest.mark.parametrize("value, replayed", [(None, True), ("0", False), ("false", False), ("1", True)])
+def test_prediction_network_replays_cuda_graphs_unless_switched_off(monkeypatch, value, replayed):
+    """What nnUNetv2_predict builds: graphs on by default (used on GPUs only), LIGHTMEDSEG_CUDA_GRAPHS=0 turns them off."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunetv2_lightmedseg.trainers import nnUNetTrainerLightMedSeg
+    if value is None:
+        monkeypatch.delenv("LIGHTMEDSEG_CUDA_GRAPHS", raising=False)
+    else:
+        monkeypatch.setenv("LIGHTMEDSEG_CUDA_GRAPHS", value)
+    manager = PlansManager(str(Path(__file__).resolve().parents[1] / "benchmarks" / "plans"
+                               / "Dataset027_ACDC_nnUNetPlans.json"))
+    network = nnUNetTrainerLightMedSeg.build_network_architecture(
+        manager, manager.get_configuration("3d_fullres"), 1, 4, enable_deep_supervision=False)
+    assert network.cuda_graphs is replayed

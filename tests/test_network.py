@@ -5,12 +5,15 @@ All on the CPU with small inputs (the one 128^3 forward is the budget check); ev
 from __future__ import annotations
 
 import fnmatch
+import pickle
 import re
 from collections.abc import Iterator
+from copy import deepcopy
 from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -318,6 +321,21 @@ def test_deep_supervision_state_dict_loads_strictly_without_it() -> None:
         torch.testing.assert_close(inference(x), trained(x)[0], rtol=0, atol=0)
 
 
+def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
+    """CUDA-graph replay (tests/test_gpu.py) is for GPUs: on the CPU the plain forward runs, and the network
+    copies, pickles and saves as before (the graphs are no state)."""
+    model = tiny(in_channels=2).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), model.forward_eager(x), rtol=0, atol=0)
+    assert len(model.inference_graphs) == 0 and model.cuda_graphs
+    assert set(model.state_dict()) == set(tiny(in_channels=2, cuda_graphs=False).state_dict())
+    for copy in (deepcopy(model), pickle.loads(pickle.dumps(model))):
+        with torch.inference_mode():
+            torch.testing.assert_close(copy(x), model(x), rtol=0, atol=0)
+        assert copy.inference_graphs is not model.inference_graphs
+
+
 # ---------------------------------------------------------------------------------------------------- presets
 
 def test_unknown_preset_lists_available_presets() -> None:
@@ -366,6 +384,21 @@ def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
     (ref_grad_x, *ref_grads) = torch.autograd.grad(reference.square().sum(), [x, *conv.parameters()])
     torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
     for a, b in zip([fast_grad_x, *fast_grads], [ref_grad_x, *ref_grads]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_norm_is_instance_normalisation() -> None:
+    """blocks.norm3d (group_norm, one channel per group) gives F.instance_norm's outputs and gradients."""
+    from nnunetv2_lightmedseg.architectures.blocks import norm3d
+    norm = norm3d(3)
+    nn.init.normal_(norm.weight)
+    nn.init.normal_(norm.bias)
+    x = (torch.randn(2, 3, 4, 6, 8) * 3 + 1).requires_grad_()
+    outputs = [norm(x), F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=1e-5)]
+    grads = [torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum(),
+                                 [x, *norm.parameters()]) for out in outputs]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from .blocks import Conv3d, GhostConv3D, Stride3D, resize_to
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import TextureRoutedStage
+from .graph_replay import InferenceGraphs
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 StrideLike = Union[int, Sequence[int]]
@@ -131,10 +132,16 @@ class LightMedSeg(nn.Module):
     plain Detail branch; ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False``
     no bias; ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
     ``anchor_mode="mlp"`` global pool + MLP anchors.
+
+    Execution: with ``cuda_graphs=True`` (the default) an inference forward on a GPU (eval mode, autograd off) is
+    captured once per input shape and replayed as a CUDA graph (:class:`InferenceGraphs`): same kernels, same
+    outputs, without the launch cost that bounds this network's eager GPU forward. Training, the CPU,
+    torch.compile and export run the plain forward.
     """
 
     def __init__(self, in_channels: int, num_classes: int, strides: Optional[Sequence[StrideLike]] = None,
-                 config: LightMedSegConfig = PAPER_CONFIG, deep_supervision: bool = False) -> None:
+                 config: LightMedSegConfig = PAPER_CONFIG, deep_supervision: bool = False,
+                 cuda_graphs: bool = True) -> None:
         super().__init__()
         n = config.num_stages
         strides = [(2, 2, 2)] * n if strides is None else [_as_stride(s) for s in strides]
@@ -148,6 +155,8 @@ class LightMedSeg(nn.Module):
         self.strides: list[Stride3D] = strides
         self.config = config
         self.deep_supervision = deep_supervision
+        self.cuda_graphs = cuda_graphs
+        self.inference_graphs = InferenceGraphs()
 
         c0, stage_widths = config.widths[0], config.widths[1:]
         k = config.num_anchors
@@ -180,14 +189,15 @@ class LightMedSeg(nn.Module):
     @classmethod
     def from_preset(cls, name: str, in_channels: int, num_classes: int,
                     strides: Optional[Sequence[StrideLike]] = None, deep_supervision: bool = False,
-                    **overrides: Any) -> "LightMedSeg":
+                    cuda_graphs: bool = True, **overrides: Any) -> "LightMedSeg":
         """Build a registered preset; ``overrides`` replace fields of its config (switches, num_anchors, ...)."""
         config = get_preset(name)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(LightMedSegConfig)}
         if unknown:
             raise TypeError(f"Unknown LightMedSeg option(s) {sorted(unknown)}; "
                             f"valid: {[f.name for f in dataclasses.fields(LightMedSegConfig)]}")
-        return cls(in_channels, num_classes, strides, dataclasses.replace(config, **overrides), deep_supervision)
+        return cls(in_channels, num_classes, strides, dataclasses.replace(config, **overrides), deep_supervision,
+                   cuda_graphs)
 
     @property
     def total_stride(self) -> Stride3D:
@@ -256,4 +266,25 @@ class LightMedSeg(nn.Module):
         return [full, coarse] + [head(level) for head, level in zip(self.auxiliary_heads, levels[1:])], priors
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        if self.cuda_graphs and not self.training and InferenceGraphs.applies(x):
+            self.check_input(x)
+            return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
+        return self.forward_eager(x)
+
+    def forward_eager(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """The forward without CUDA-graph replay."""
         return self.forward_with_priors(x)[0]
+
+    def train(self, mode: bool = True) -> "LightMedSeg":
+        if mode:  # a graph's memory pool holds one forward's activations: free it for training
+            self.inference_graphs.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        # captured graphs read the weights where they were: .to(), .half() and the like may move them (nnU-Net's
+        # predictor calls .to(device) on every case, which moves nothing)
+        before = [t.data_ptr() for t in self.state_dict().values()]
+        result = super()._apply(fn, recurse)
+        if [t.data_ptr() for t in self.state_dict().values()] != before:
+            self.inference_graphs.clear()
+        return result

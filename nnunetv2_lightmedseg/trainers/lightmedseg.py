@@ -4,6 +4,7 @@ Class names are a persistent API: results folders, checkpoints and nnU-Net's ens
 """
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -23,6 +24,9 @@ class nnUNetTrainerLightMedSeg(InputChecks, TrainingLength, nnUNetTrainer):
     planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s0, 1/(s0 s2), ...).
     Optimiser and schedule are nnU-Net's (SGD, lr 1e-2, Nesterov momentum 0.99, weight decay 3e-5, poly decay,
     1000 epochs x 250 iterations): no measurement has yet shown a reason to change them for this network.
+
+    Prediction on a GPU replays the network's forward from CUDA graphs (``LightMedSeg(cuda_graphs=True)``);
+    ``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead.
 
     Variants set ``preset`` (a name in ``nnunetv2_lightmedseg.architectures.PRESETS``), ``network_options``
     (fields of ``LightMedSegConfig``, e.g. ablation switches) or the ``TrainingLength`` attributes.
@@ -46,7 +50,9 @@ class nnUNetTrainerLightMedSeg(InputChecks, TrainingLength, nnUNetTrainer):
         strides = cls.network_strides(configuration_manager)
         require_divisible_patch(configuration_manager.patch_size, total_stride(strides), cls.__name__)
         return LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
-                                       deep_supervision=enable_deep_supervision, **cls.network_options)
+                                       deep_supervision=enable_deep_supervision,
+                                       cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
+                                       not in ("0", "f", "false"), **cls.network_options)
 
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:

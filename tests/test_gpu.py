@@ -1,0 +1,107 @@
+"""On a CUDA GPU only: LightMedSeg's inference CUDA graphs give the eager forward's outputs, in nnU-Net's predictor too.
+
+Skipped without a GPU (CI and this project's development machine have none); run on a GPU machine with
+``python -m pytest -q tests/test_gpu.py``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunetv2_lightmedseg.architectures import LightMedSeg
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]
+PLANS = Path(__file__).resolve().parents[1] / "benchmarks" / "plans" / "Dataset027_ACDC_nnUNetPlans.json"
+
+
+def paper(deep_supervision: bool = False, cuda_graphs: bool = True) -> LightMedSeg:
+    torch.manual_seed(0)
+    return LightMedSeg.from_preset("paper", 2, 4, strides=ANISO_STRIDES, deep_supervision=deep_supervision,
+                                   cuda_graphs=cuda_graphs).cuda().eval()
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_replay_equals_eager_forward(dtype: torch.dtype, deep_supervision: bool) -> None:
+    model = paper(deep_supervision)
+    inputs = [torch.randn(1, 2, 8, 64, 48, device="cuda") for _ in range(3)]
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+        replayed = [model(x) for x in inputs]  # kept across calls: each is a copy, not the graph's output buffer
+        eager = [model.forward_eager(x) for x in inputs]
+    assert len(model.inference_graphs) == 1
+    tolerance = 1e-4 if dtype is None else 2e-2
+    for got, want in zip(replayed, eager):
+        for g, w in zip(*(o if deep_supervision else [o] for o in (got, want))):
+            assert g.dtype == w.dtype and g.shape == w.shape
+            torch.testing.assert_close(g.float(), w.float(), atol=tolerance, rtol=tolerance)
+
+
+def test_replay_reads_weights_loaded_after_capture_outside_the_callers_autocast() -> None:
+    """The graph casts the weights itself: the caller's autocast cache is gone after its context, and weights
+    loaded in place (nnUNetPredictor loads each fold's into one network) must be the ones used."""
+    model, other = paper(), LightMedSeg.from_preset("paper", 2, 4, strides=ANISO_STRIDES).cuda().eval()
+    x = torch.randn(1, 2, 8, 64, 48, device="cuda")
+    with torch.inference_mode():
+        with torch.autocast("cuda", dtype=torch.float16):
+            model(x)
+        model.load_state_dict(other.state_dict())
+        with torch.autocast("cuda", dtype=torch.float16):
+            got, want = model(x), other.forward_eager(x)
+    assert len(model.inference_graphs) == 1
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_graphs_outlive_eval_and_to_and_go_when_the_weights_move() -> None:
+    """nnUNetPredictor calls .to(device) and .eval() for every case: the graph must stay (capture costs three
+    forwards); .half() re-allocates the weights it reads, so it must go."""
+    model = paper()
+    x = torch.randn(1, 2, 8, 64, 48, device="cuda")
+    with torch.inference_mode():
+        model(x)
+        captured = list(model.inference_graphs._graphs.values())
+        model.to("cuda").eval()
+        assert [a is b for a, b in zip(model.inference_graphs._graphs.values(), captured)] == [True]
+        model.half()
+        assert len(model.inference_graphs) == 0
+        model.float()
+        torch.testing.assert_close(model(x), model.forward_eager(x), atol=1e-4, rtol=1e-4)
+
+
+def test_training_runs_eagerly_and_frees_the_graphs() -> None:
+    model = paper()
+    x = torch.randn(2, 2, 8, 64, 48, device="cuda")
+    with torch.no_grad():
+        model(x)
+    assert len(model.inference_graphs) == 1
+    model.train()
+    assert len(model.inference_graphs) == 0
+    model(x).float().mean().backward()
+    assert next(model.stem.parameters()).grad is not None
+    assert len(model.inference_graphs) == 0
+
+
+def test_nnunet_predictor_gives_the_same_logits_with_and_without_graphs() -> None:
+    """Sliding window with mirroring: nnU-Net sums the network's outputs in place across calls."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans = json.loads(PLANS.read_text())
+    plans["configurations"]["3d_fullres"]["patch_size"] = [8, 64, 48]
+    manager = PlansManager(plans)
+    dataset_json = {"channel_names": {"0": "a", "1": "b"}, "labels": {"background": 0, "x": 1, "y": 2, "z": 3},
+                    "file_ending": ".nii.gz"}
+    data = torch.randn(2, 11, 90, 70)
+    logits = {}
+    for graphs in (True, False):
+        model = paper(cuda_graphs=graphs)
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_mirroring=True, device=torch.device("cuda"),
+                                    verbose=False, allow_tqdm=False)
+        predictor.manual_initialization(model, manager, manager.get_configuration("3d_fullres"),
+                                        [model.state_dict()], dataset_json, "test", (0, 1, 2))
+        logits[graphs] = predictor.predict_logits_from_preprocessed_data(data).float()
+        assert len(model.inference_graphs) == (1 if graphs else 0)
+    torch.testing.assert_close(logits[True], logits[False], atol=2e-2, rtol=2e-2)
