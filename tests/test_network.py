@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -387,14 +386,14 @@ def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_norm_is_instance_normalisation() -> None:
-    """blocks.norm3d (group_norm, one channel per group) gives F.instance_norm's outputs and gradients."""
-    from nnunetv2_lightmedseg.architectures.blocks import norm3d
-    norm = norm3d(3)
+def test_cpu_fast_instance_norm_equals_pytorchs() -> None:
+    """blocks.InstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
+    from nnunetv2_lightmedseg.architectures.blocks import InstanceNorm3d
+    norm = InstanceNorm3d(3, affine=True)
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
     x = (torch.randn(2, 3, 4, 6, 8) * 3 + 1).requires_grad_()
-    outputs = [norm(x), F.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=1e-5)]
+    outputs = [norm(x), nn.InstanceNorm3d.forward(norm, x)]
     grads = [torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum(),
                                  [x, *norm.parameters()]) for out in outputs]
     torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)

@@ -43,17 +43,32 @@ class Conv3d(nn.Conv3d):
         return super().forward(x)
 
 
-def norm3d(channels: int) -> nn.Module:
-    """Instance normalisation with affine parameters, as nnU-Net's default 3D networks use, computed as group
-    normalisation with one channel per group: the same equation and parameters (``weight``, ``bias``).
+class InstanceNorm3d(nn.InstanceNorm3d):
+    """nn.InstanceNorm3d (same arguments, parameters and result) whose float32 forward on the CPU is group_norm's.
 
-    Batch statistics are unusable at nnU-Net's batch sizes (2 for most 3D plans), hence per-instance statistics.
-    Why group_norm: PyTorch's kernels for it are faster than instance_norm's (2 CPU threads, 1 x 16 x 64^3: 0.6
-    against 2.7 ms; the whole network's bf16 forward on an H200 5-8 % faster, benchmarks/SPEED_NOTES.md).
+    Why: instance normalisation is group normalisation with one channel per group, and on the CPU PyTorch's
+    group_norm kernel is several times faster than instance_norm's (2 threads, 1 x 16 x 64^3: 0.6 against 2.7 ms).
+    On GPUs it is faster too, but under autocast group_norm returns float32, which costs 36-47 % more training
+    memory there (benchmarks/SPEED_NOTES.md), so GPUs keep instance_norm, as do running statistics, tracing (ONNX
+    export), torch.compile and dispatch modes (FLOP counting).
 
     Shapes: (B, C, D, H, W) -> (B, C, D, H, W).
     """
-    return nn.GroupNorm(channels, channels, eps=1e-5, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.ndim == 5 and self.affine
+                and not self.track_running_stats and not torch.jit.is_tracing()
+                and not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()):
+            return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def norm3d(channels: int) -> nn.Module:
+    """Instance normalisation with affine parameters, as nnU-Net's default 3D networks use.
+
+    Batch statistics are unusable at nnU-Net's batch sizes (2 for most 3D plans), hence per-instance statistics.
+    """
+    return InstanceNorm3d(channels, eps=1e-5, affine=True)
 
 
 def activation() -> nn.Module:
