@@ -386,6 +386,21 @@ def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("stride, bias", [((2, 2, 2), True), ((1, 2, 2), False), ((1, 1, 1), True)])
+def test_cpu_fast_transposed_convolution_equals_pytorchs(stride: tuple, bias: bool) -> None:
+    """blocks.ConvTranspose3d's CPU path (kernel = stride as a matrix product) gives nn's outputs and gradients."""
+    from nnunetv2_lightmedseg.architectures.blocks import ConvTranspose3d
+    conv = ConvTranspose3d(3, 5, kernel_size=stride, stride=stride, bias=bias)
+    x = torch.randn(2, 3, 3, 4, 5, requires_grad=True)
+    outputs = [conv(x), nn.ConvTranspose3d.forward(conv, x)]
+    grads = [torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum(),
+                                 [x, *conv.parameters()]) for out in outputs]
+    assert outputs[0].shape == (2, 5, 3 * stride[0], 4 * stride[1], 5 * stride[2])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_cpu_fast_instance_norm_equals_pytorchs() -> None:
     """blocks.InstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
     from nnunetv2_lightmedseg.architectures.blocks import InstanceNorm3d

@@ -6,8 +6,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import (Conv3d, ConvNormAct3D, DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D, Stride3D,
-                     normalized_grid, resize_to)
+from .blocks import (Conv3d, ConvNormAct3D, ConvTranspose3d, DepthwiseSeparableConv3D, GhostConv3D,
+                     SqueezeExcite3D, Stride3D, normalized_grid, resize_to)
 
 
 class SkipRouter(nn.Module):
@@ -109,7 +109,7 @@ class SegmentationHead(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D) -> None:
         super().__init__()
         self.logits = Conv3d(in_channels, num_classes, 1)
-        self.upsample = nn.ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
+        self.upsample = ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse = self.logits(x)

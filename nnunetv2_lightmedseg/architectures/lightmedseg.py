@@ -9,7 +9,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .blocks import Conv3d, GhostConv3D, Stride3D, resize_to
+from .blocks import Conv3d, ConvTranspose3d, GhostConv3D, Stride3D, resize_to
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import TextureRoutedStage
 from .graph_replay import InferenceGraphs
@@ -175,7 +175,7 @@ class LightMedSeg(nn.Module):
         self.skip_router = SkipRouter(stage_widths, config.router_width) if config.use_skip_router else None
         # decoder level l (0-based, finest first) receives level l + 1 upsampled by that stage's stride
         self.upsample = nn.ModuleList(
-            nn.ConvTranspose3d(stage_widths[l + 1], stage_widths[l], kernel_size=strides[l + 1], stride=strides[l + 1])
+            ConvTranspose3d(stage_widths[l + 1], stage_widths[l], kernel_size=strides[l + 1], stride=strides[l + 1])
             for l in range(n - 1))
         self.position_bias = nn.ModuleList(
             AnchorPositionBias(stage_widths[l], k) for l in range(n - 1)) if use_position_bias else None
