@@ -10,8 +10,9 @@ For every model of the complexity table (``complexity.MODELS``) at every named i
 GPU timings use bf16 autocast, CUDA events, warm-up, and the median of many repeats; CPU timings a synchronous clock.
 ``--modes eager graphs compile cudagraphs`` measures each model's plain forward, its inference forward replayed from
 CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; forward and cases only), under ``torch.compile``
-(nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs, training too). The forward's activation traffic (every module output written once and read once, counted with forward
-hooks) over its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
+(nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs, training
+too). The forward's activation traffic (every module output written once and read once, counted with forward hooks)
+over its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
 
 Usage::
 
@@ -257,8 +258,8 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     row["activation_gb"] = round(activation_bytes(model, x, device) / 1e9, 3)
     runnable = model
     if mode in COMPILE_MODES:
-        # each row compiles a new model instance: without a reset, dynamo's per-function recompile limit (8) is
-        # reached after a few rows and later rows silently run eager (the 2026-11-27 H100 runs' slow compile rows)
+        # each row compiles a new model instance: no row inherits earlier rows' compiled code or recompile counts
+        # (compiled LightMedSeg varied 2-3x between runs, depending on its place in the run; SPEED_NOTES.md)
         torch._dynamo.reset()
         runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
     elif mode == "graphs":
@@ -283,7 +284,8 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
             row["note"] = "training step out of memory"
     # not compiled: nnUNetPredictor compiles only when nnUNet_compile is set, and a compiled model recompiles for
     # the predictor's shapes, which costs more device time than the measurement
-    if args.prediction and mode in ("eager", "graphs") and (args.prediction_models is None or name in args.prediction_models):
+    if args.prediction and mode in ("eager", "graphs") and (args.prediction_models is None
+                                                            or name in args.prediction_models):
         for mirroring in (False, True):
             key = "case_s_mirror" if mirroring else "case_s"
             # three on the CPU too: one (before 2026-11-27, third session) moved the mirrored case by 15 % run to run

@@ -216,7 +216,8 @@ def test_network_input_pads_a_volume_thinner_than_the_patch():
 
 @pytest.mark.parametrize("value, replayed", [(None, True), ("0", False), ("false", False), ("1", True)])
 def test_prediction_network_replays_cuda_graphs_unless_switched_off(monkeypatch, value, replayed):
-    """What nnUNetv2_predict builds: graphs on by default (used on GPUs only), LIGHTMEDSEG_CUDA_GRAPHS=0 turns them off."""
+    """What nnUNetv2_predict builds: graphs on by default (used on GPUs only), LIGHTMEDSEG_CUDA_GRAPHS=0 turns
+    them off."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunetv2_lightmedseg.trainers import nnUNetTrainerLightMedSeg
