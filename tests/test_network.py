@@ -335,6 +335,21 @@ def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
         assert copy.inference_graphs is not model.inference_graphs
 
 
+def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch) -> None:
+    """Where a graph cannot be captured (here: no GPU at all), prediction goes on eagerly, with one warning."""
+    from nnunetv2_lightmedseg.architectures import InferenceGraphs
+    monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda x: True))
+    model = tiny(in_channels=2).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    with torch.inference_mode():
+        with pytest.warns(RuntimeWarning, match="LIGHTMEDSEG_CUDA_GRAPHS=0"):
+            out = model(x)
+        torch.testing.assert_close(out, model.forward_eager(x), rtol=0, atol=0)
+        assert not model.cuda_graphs and len(model.inference_graphs) == 0
+        with pytest.raises(ValueError, match="input channel"):  # bad input is still an error, not a fallback
+            tiny(in_channels=2).eval()(torch.randn(1, 3, 16, 16, 16))
+
+
 # ---------------------------------------------------------------------------------------------------- presets
 
 def test_unknown_preset_lists_available_presets() -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
@@ -136,7 +137,7 @@ class LightMedSeg(nn.Module):
     Execution: with ``cuda_graphs=True`` (the default) an inference forward on a GPU (eval mode, autograd off) is
     captured once per input shape and replayed as a CUDA graph (:class:`InferenceGraphs`): same kernels, same
     outputs, without the launch cost that bounds this network's eager GPU forward. Training, the CPU,
-    torch.compile and export run the plain forward.
+    torch.compile and export run the plain forward, and so does everything after a capture fails (with a warning).
     """
 
     def __init__(self, in_channels: int, num_classes: int, strides: Optional[Sequence[StrideLike]] = None,
@@ -268,7 +269,15 @@ class LightMedSeg(nn.Module):
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
         if self.cuda_graphs and not self.training and InferenceGraphs.applies(x):
             self.check_input(x)
-            return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
+            try:
+                return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
+            except RuntimeError as error:  # a driver or setup that cannot capture must not stop a prediction
+                self.cuda_graphs = False
+                self.inference_graphs.clear()
+                warnings.warn(f"LightMedSeg could not replay its forward from a CUDA graph ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); it runs eagerly from now on, "
+                              "slower but with the same results. Set LIGHTMEDSEG_CUDA_GRAPHS=0 to skip the attempt.",
+                              RuntimeWarning, stacklevel=2)
         return self.forward_eager(x)
 
     def forward_eager(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
