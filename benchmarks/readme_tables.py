@@ -88,7 +88,7 @@ def target_lines(rows: list[dict[str, Any]], targets: list[tuple[str, str, str, 
         met = value >= bound if op == ">=" else value <= bound
         miss = "yes" if met else (f"no, {bound / value:.1f}x below the target" if op == ">=" else
                                   f"no, {value / bound:.1f}x above the bound")
-        return f"| {label} | {setting} | {mode} | {op} {bound:g} | {value:.3g} | {miss} |"
+        return f"| {label} | {setting} | {mode} | {op} {bound:g} | {value:.2f} | {miss} |"
 
     for key, label, op, bound in targets:
         for r in rows:
