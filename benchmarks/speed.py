@@ -68,7 +68,7 @@ class ReplayedInference(nn.Module):
         self.graphs = InferenceGraphs()
 
     def forward(self, x: torch.Tensor) -> Any:
-        if not self.training and InferenceGraphs.applies(x):
+        if InferenceGraphs.applies(self, x):
             return self.graphs.run(self.model, x)
         return self.model(x)
 

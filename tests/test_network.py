@@ -338,7 +338,7 @@ def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
 def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch) -> None:
     """Where a graph cannot be captured (here: no GPU at all), prediction goes on eagerly, with one warning."""
     from nnunetv2_lightmedseg.architectures import InferenceGraphs
-    monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda x: True))
+    monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda module, x: True))
     model = tiny(in_channels=2).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():

@@ -32,9 +32,10 @@ class InferenceGraphs:
         self._graphs: OrderedDict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = OrderedDict()
 
     @staticmethod
-    def applies(x: torch.Tensor) -> bool:
-        """True for a CUDA input with autograd off, outside torch.compile, tracing and ONNX export."""
-        return (x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+    def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
+        """True for a module in eval mode given a CUDA input with autograd off, outside torch.compile, tracing and
+        ONNX export."""
+        return (not module.training and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export())
 
     def run(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor, variant: Hashable = None) -> Any:

@@ -267,7 +267,7 @@ class LightMedSeg(nn.Module):
         return [full, coarse] + [head(level) for head, level in zip(self.auxiliary_heads, levels[1:])], priors
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
-        if self.cuda_graphs and not self.training and InferenceGraphs.applies(x):
+        if self.cuda_graphs and InferenceGraphs.applies(self, x):
             self.check_input(x)
             try:
                 return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
