@@ -1,6 +1,8 @@
 """What every trainer of this package shares: training length by class attribute, plan checks, unwrapping."""
 from __future__ import annotations
 
+import importlib
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -109,9 +111,29 @@ def require_divisible_patch(patch_size: Sequence[int], divisor: Sequence[int], t
 
 
 def require_canonical_class(cls: type) -> None:
-    """One clear error when nnU-Net loaded a second copy of our trainer through a wrong ``nnUNet_extTrainer``."""
-    if not cls.__module__.startswith("nnunetv2_lightmedseg."):
-        raise RuntimeError(
-            f"nnU-Net loaded {cls.__name__} from module {cls.__module__!r}, a second copy of nnunetv2_lightmedseg: "
-            f"nnUNet_extTrainer points at a folder inside the package other than its shim folder. Set it with "
-            f"`eval \"$(lightmedseg env)\"`, i.e. nnUNet_extTrainer={nnunetv2_lightmedseg.EXT_TRAINER_DIR}")
+    """One clear error when nnU-Net loaded a second copy of our trainer modules.
+
+    That happens when ``nnUNet_extTrainer`` points at a folder inside the package other than its shim folder:
+    nnU-Net then imports our modules again as top-level modules (``lightmedseg``, ``common``, ...), whose classes
+    are other objects than ours. A user's own subclass of our trainers, defined in any module of the user's, is
+    accepted: only classes of a second copy of our modules are refused.
+    """
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("nnunetv2_lightmedseg."):
+            continue
+        original = None
+        for package in ("nnunetv2_lightmedseg.trainers", "nnunetv2_lightmedseg"):  # where such a folder can lie
+            name = f"{package}.{klass.__module__}"
+            try:  # imported afresh if nnU-Net's lookup dropped our modules from sys.modules: a third copy, still
+                # another object than the class at hand
+                original = getattr(importlib.import_module(name), klass.__qualname__, None)
+            except ImportError:
+                continue
+            break
+        if isinstance(original, type) and original is not klass:
+            raise RuntimeError(
+                f"nnU-Net loaded {cls.__name__} with a second copy of nnunetv2_lightmedseg's class "
+                f"{klass.__qualname__} (from module {klass.__module__!r} instead of {original.__module__!r}): "
+                f"nnUNet_extTrainer points at a folder inside the package other than its shim folder. Set it with "
+                f"`eval \"$(lightmedseg env)\"`, i.e. nnUNet_extTrainer={nnunetv2_lightmedseg.EXT_TRAINER_DIR} "
+                f"(your own trainer folders may stand beside it, separated by '{os.pathsep}').")
