@@ -40,7 +40,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from complexity import MODELS, SETTINGS, InputSetting, NotApplicable, build, metadata  # noqa: E402
 
-from nnunetv2_lightmedseg.architectures import InferenceGraphs, LightMedSeg  # noqa: E402
+from nnunetv2_lightmedseg.architectures import LightMedSeg  # noqa: E402
+from nnunetv2_lightmedseg.execution import InferenceGraphs, accelerate, replay_cuda_graphs  # noqa: E402
 from nnunetv2_lightmedseg.trainers.common import unwrap  # noqa: E402
 
 PLANS = Path(__file__).resolve().parent / "plans"
@@ -250,8 +251,8 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
         raise NotApplicable("CUDA graphs need a GPU")
     model, setting, note = build(MODELS[name], setting)
     model = model.to(device).eval()
-    if isinstance(model, LightMedSeg):
-        model.cuda_graphs = False  # its default for inference; the modes below choose
+    if isinstance(model, LightMedSeg):  # as its trainers build it; CUDA-graph replay only in the graphs mode
+        model = accelerate(model, cuda_graphs=False)
     row.update(input_shape=list(setting.input_shape), built=note, note="")
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
     x = torch.randn(setting.input_shape, device=device)
@@ -264,7 +265,7 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
         runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
     elif mode == "graphs":
         if isinstance(model, LightMedSeg):
-            model.cuda_graphs = True
+            replay_cuda_graphs(model)
         else:
             runnable = ReplayedInference(model)
     if args.profile and mode == "eager":

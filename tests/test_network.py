@@ -18,6 +18,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_lightmedseg.architectures import (PRESETS, AnchorFiLM, AnchorPositionBias, LightMedSeg,
                                                 LightMedSegConfig)
+from nnunetv2_lightmedseg.execution import (FAST_CPU_CLASSES, CUDAGraphLightMedSeg, FastCPUConv3d,
+                                            FastCPUConvTranspose3d, FastCPUInstanceNorm3d, InferenceGraphs,
+                                            accelerate)
 
 ISO_STRIDES = [(2, 2, 2)] * 4
 ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # total (2, 16, 16), an nnU-Net ACDC-like plan
@@ -323,23 +326,23 @@ def test_deep_supervision_state_dict_loads_strictly_without_it() -> None:
 def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
     """CUDA-graph replay (tests/test_gpu.py) is for GPUs: on the CPU the plain forward runs, and the network
     copies, pickles and saves as before (the graphs are no state)."""
-    model = tiny(in_channels=2).eval()
+    model = accelerate(tiny(in_channels=2)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), model.forward_eager(x), rtol=0, atol=0)
     assert len(model.inference_graphs) == 0 and model.cuda_graphs
-    assert set(model.state_dict()) == set(tiny(in_channels=2, cuda_graphs=False).state_dict())
+    assert set(model.state_dict()) == set(tiny(in_channels=2).state_dict())
     for copy in (deepcopy(model), pickle.loads(pickle.dumps(model))):
         with torch.inference_mode():
             torch.testing.assert_close(copy(x), model(x), rtol=0, atol=0)
         assert copy.inference_graphs is not model.inference_graphs
+        assert type(copy) is CUDAGraphLightMedSeg and type(copy.stem.primary) is FastCPUConv3d
 
 
 def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch) -> None:
     """Where a graph cannot be captured (here: no GPU at all), prediction goes on eagerly, with one warning."""
-    from nnunetv2_lightmedseg.architectures import InferenceGraphs
     monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda module, x: True))
-    model = tiny(in_channels=2).eval()
+    model = accelerate(tiny(in_channels=2)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():
         with pytest.warns(RuntimeWarning, match="LIGHTMEDSEG_CUDA_GRAPHS=0"):
@@ -347,7 +350,26 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch
         torch.testing.assert_close(out, model.forward_eager(x), rtol=0, atol=0)
         assert not model.cuda_graphs and len(model.inference_graphs) == 0
         with pytest.raises(ValueError, match="input channel"):  # bad input is still an error, not a fallback
-            tiny(in_channels=2).eval()(torch.randn(1, 3, 16, 16, 16))
+            accelerate(tiny(in_channels=2)).eval()(torch.randn(1, 3, 16, 16, 16))
+
+
+def test_architecture_is_plain_pytorch_and_accelerate_switches_in_place() -> None:
+    """LightMedSeg itself holds torch's own modules; accelerate re-classes them (and the network) in place, keeping
+    every parameter object, so the two forms share weights and state_dict."""
+    model = tiny(in_channels=2)
+    assert type(model) is LightMedSeg
+    assert not any(isinstance(m, tuple(FAST_CPU_CLASSES.values())) for m in model.modules())
+    parameters = dict(model.named_parameters())
+    plain = deepcopy(model)
+    assert accelerate(model) is model and type(model) is CUDAGraphLightMedSeg
+    assert {type(m) for m in model.modules()} & set(FAST_CPU_CLASSES) == set()  # every one switched
+    assert {FastCPUConv3d, FastCPUConvTranspose3d, FastCPUInstanceNorm3d} <= {type(m) for m in model.modules()}
+    assert all(p is parameters[n] for n, p in model.named_parameters()) and len(parameters) == len(plain.state_dict())
+    plain.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
+    assert type(accelerate(tiny(), cuda_graphs=False)) is LightMedSeg
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -387,10 +409,9 @@ def test_single_voxel_bottleneck_is_clearly_refused() -> None:
     dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6, bias=False),
 ])
 def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
-    """blocks.Conv3d's CPU paths give nn.Conv3d's outputs and gradients (batch of 2, float32)."""
-    from nnunetv2_lightmedseg.architectures.blocks import Conv3d
+    """FastCPUConv3d's CPU paths give nn.Conv3d's outputs and gradients (batch of 2, float32)."""
     torch.manual_seed(0)
-    conv = Conv3d(**kwargs)
+    conv = FastCPUConv3d(**kwargs)
     x = torch.randn(2, kwargs["in_channels"], 4, 6, 8, requires_grad=True)
     fast = conv(x)
     (fast_grad_x, *fast_grads) = torch.autograd.grad(fast.square().sum(), [x, *conv.parameters()])
@@ -403,9 +424,8 @@ def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
 
 @pytest.mark.parametrize("stride, bias", [((2, 2, 2), True), ((1, 2, 2), False), ((1, 1, 1), True)])
 def test_cpu_fast_transposed_convolution_equals_pytorchs(stride: tuple, bias: bool) -> None:
-    """blocks.ConvTranspose3d's CPU path (kernel = stride as a matrix product) gives nn's outputs and gradients."""
-    from nnunetv2_lightmedseg.architectures.blocks import ConvTranspose3d
-    conv = ConvTranspose3d(3, 5, kernel_size=stride, stride=stride, bias=bias)
+    """FastCPUConvTranspose3d's CPU path (kernel = stride as a matrix product) gives nn's outputs and gradients."""
+    conv = FastCPUConvTranspose3d(3, 5, kernel_size=stride, stride=stride, bias=bias)
     x = torch.randn(2, 3, 3, 4, 5, requires_grad=True)
     outputs = [conv(x), nn.ConvTranspose3d.forward(conv, x)]
     grads = [torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum(),
@@ -417,9 +437,8 @@ def test_cpu_fast_transposed_convolution_equals_pytorchs(stride: tuple, bias: bo
 
 
 def test_cpu_fast_instance_norm_equals_pytorchs() -> None:
-    """blocks.InstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
-    from nnunetv2_lightmedseg.architectures.blocks import InstanceNorm3d
-    norm = InstanceNorm3d(3, affine=True)
+    """FastCPUInstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
+    norm = FastCPUInstanceNorm3d(3, affine=True)
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
     x = (torch.randn(2, 3, 4, 6, 8) * 3 + 1).requires_grad_()
