@@ -5,6 +5,7 @@ All on the CPU with small inputs (the one 128^3 forward is the budget check); ev
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import pickle
 import re
 from collections.abc import Iterator
@@ -353,6 +354,90 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch
             accelerate(tiny(in_channels=2)).eval()(torch.randn(1, 3, 16, 16, 16))
 
 
+# ---------------------------------------------------------------------------------------------------- state_dict
+
+#: (number of entries, number of values, digest of the sorted "name [shape]" lines) of each preset's and ablation's
+#: state_dict, 1 input channel, 4 outputs, default strides unless named: checkpoints trained before load strictly
+#: only while these stay. Change them only with a way to load the old checkpoints.
+STATE_DICTS: dict[str, tuple[int, int, str]] = {
+    "tiny": (188, 131343, "91b1d49505524960"),
+    "small": (188, 282761, "aa9f23ee389b52f1"),
+    "paper": (188, 485201, "3d742415a6ae81b0"),
+    "base": (188, 1061639, "cb1d2b3e596095f9"),
+    "large": (188, 1848839, "7671db1d93c1711f"),
+    "paper, ACDC strides": (188, 441617, "ab28a158aab6377c"),
+    "use_anchors=False": (157, 457482, "0525cb3918ffc9f9"),
+    "anchor_mode=mlp": (187, 485953, "15035ff926024804"),
+    "use_lspm=False": (180, 481774, "cd210a5d69447d77"),
+    "use_film=False": (180, 466985, "ea9d5bd2503ff95f"),
+    "use_texture_routing=False": (175, 451756, "e44a5fc484bd3853"),
+    "use_skip_router=False": (169, 479677, "79c31756eb30717b"),
+    "use_position_bias=False": (170, 476546, "00b0fb8106a47b82"),
+    "use_adaptive_decoder=False": (149, 467303, "bb96135e4fbdd308"),
+    "ghost=False": (180, 733277, "d83ece3d7723237b"),
+}
+
+
+def pinned_network(name: str, in_channels: int = 1, **kwargs: Any) -> LightMedSeg:
+    """The network of a STATE_DICTS row."""
+    if name in PRESETS:
+        return LightMedSeg.from_preset(name, in_channels, 4, **kwargs)
+    if name == "paper, ACDC strides":
+        return LightMedSeg.from_preset("paper", in_channels, 4, strides=ANISO_STRIDES, **kwargs)
+    option, value = name.split("=")
+    return LightMedSeg.from_preset("paper", in_channels, 4, **{option: value if option == "anchor_mode" else False},
+                                   **kwargs)
+
+
+def state_dict_signature(model: nn.Module) -> tuple[int, int, str]:
+    state = model.state_dict()
+    listing = "\n".join(f"{name} {list(t.shape)}" for name, t in sorted(state.items()))
+    return len(state), sum(t.numel() for t in state.values()), hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", STATE_DICTS)
+def test_state_dict_keys_and_shapes_are_pinned(name: str) -> None:
+    model = pinned_network(name)
+    assert state_dict_signature(model) == STATE_DICTS[name]
+    assert state_dict_signature(accelerate(model)) == STATE_DICTS[name]  # execution choices add no state
+
+
+def fill_deterministically(model: nn.Module) -> nn.Module:
+    """Every state_dict entry j (sorted by name) set to 0.2 sin(0.37 n + j) over its values n: weights that do not
+    depend on torch's random generator or the order in which modules are built."""
+    with torch.no_grad():
+        for j, (_, tensor) in enumerate(sorted(model.state_dict().items())):
+            values = torch.arange(tensor.numel(), dtype=torch.float64)
+            tensor.copy_((0.2 * torch.sin(0.37 * values + j)).view(tensor.shape))
+    return model
+
+
+#: sum, sum of magnitudes and a position-weighted sum of each deep-supervision output of the paper preset (2 input
+#: channels, ACDC strides) with ``fill_deterministically``'s weights on a fixed input, float64: the forward's
+#: results for given weights, as computed by the network that trained the existing checkpoints.
+PINNED_OUTPUTS = [(2768.67534, 2768.68449, -970.469721), (636.589769, 1092.28938, 567.135577),
+                  (188.113517, 221.475429, 56.2061162), (46.3110414, 97.4313275, -11.8927783)]
+
+
+@pytest.mark.parametrize("dtype, accelerated", [(torch.float64, False), (torch.float32, False),
+                                                (torch.float32, True)])
+def test_outputs_for_given_weights_are_pinned(dtype: torch.dtype, accelerated: bool) -> None:
+    """The same weights give the same outputs as the network that trained the existing checkpoints, plain or with
+    the execution choices switched in (up to float rounding in float32)."""
+    model = fill_deterministically(pinned_network("paper, ACDC strides", in_channels=2, deep_supervision=True)
+                                   .double()).to(dtype).eval()
+    if accelerated:
+        accelerate(model)
+    x = torch.sin(0.013 * torch.arange(2 * 4 * 32 * 48, dtype=torch.float64)).view(1, 2, 4, 32, 48).to(dtype)
+    with torch.no_grad():
+        outputs = [o.double() for o in model(x)]
+    got = [(o.sum().item(), o.abs().sum().item(),
+            (o * torch.linspace(-1, 1, o.numel(), dtype=torch.float64).view_as(o)).sum().item()) for o in outputs]
+    tolerance = 1e-8 if dtype == torch.float64 else 1e-5
+    for values, pinned in zip(got, PINNED_OUTPUTS, strict=True):
+        assert values == pytest.approx(pinned, rel=tolerance, abs=tolerance), (got, PINNED_OUTPUTS)
+
+
 def test_architecture_is_plain_pytorch_and_accelerate_switches_in_place() -> None:
     """LightMedSeg itself holds torch's own modules; accelerate re-classes them (and the network) in place, keeping
     every parameter object, so the two forms share weights and state_dict."""
@@ -370,6 +455,29 @@ def test_architecture_is_plain_pytorch_and_accelerate_switches_in_place() -> Non
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
     assert type(accelerate(tiny(), cuda_graphs=False)) is LightMedSeg
+
+
+def test_flop_counting_and_tracing_see_the_plain_operators() -> None:
+    """The execution choices step aside in dispatch modes (FLOP counting) and tracing (ONNX export): the same
+    FLOPs and the same traced operators as the plain network, and no CUDA-graph replay there."""
+    plain = tiny(in_channels=2).eval()
+    fast = accelerate(deepcopy(plain)).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    flops = []
+    for model in (plain, fast):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
+    with torch.no_grad():
+        graphs = [torch.jit.trace(model, x, check_trace=False).inlined_graph for model in (plain, fast)]
+    kinds = [sorted(node.kind() for node in graph.nodes()) for graph in graphs]
+    assert kinds[0] == kinds[1] and "aten::_convolution" in kinds[0]
+    cuda_input = type("CudaInput", (), {"is_cuda": True})()  # InferenceGraphs.applies reads only is_cuda of x
+    with torch.no_grad():
+        assert InferenceGraphs.applies(fast, cuda_input)
+        with FlopCounterMode(display=False):
+            assert not InferenceGraphs.applies(fast, cuda_input)
 
 
 # ---------------------------------------------------------------------------------------------------- presets
