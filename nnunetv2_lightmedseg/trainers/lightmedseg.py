@@ -13,6 +13,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_scales, get_preset, total_stride
+from nnunetv2_lightmedseg.execution import accelerate
 from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
                                                   require_divisible_patch, strides_from_plan, unwrap)
 from nnunetv2_lightmedseg.trainers.recipes import RecipeTraining
@@ -54,10 +55,11 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, TrainingLength, nnUN
         require_3d(configuration_manager, cls.__name__)
         strides = cls.network_strides(configuration_manager)
         require_divisible_patch(configuration_manager.patch_size, total_stride(strides), cls.__name__)
-        return LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
-                                       deep_supervision=enable_deep_supervision,
-                                       cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
-                                       not in ("0", "f", "false"), **cls.network_options)
+        network = LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
+                                          deep_supervision=enable_deep_supervision, **cls.network_options)
+        # how it runs fast, switched in beside the architecture (same state_dict, so checkpoints load strictly)
+        return accelerate(network, cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
+                          not in ("0", "f", "false"))
 
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:
