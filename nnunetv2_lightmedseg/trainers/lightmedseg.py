@@ -23,15 +23,15 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, TrainingLength, nnUN
     """LightMedSeg (``paper`` preset, 0.48M parameters) in nnU-Net's pipeline, with deep supervision.
 
     Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every
-    planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s0, 1/(s0 s2), ...).
+    planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s_0, 1/(s_0 s_1), ...).
     Training recipe ``adamwWarmup`` (``recipes.RECIPES``): AdamW, peak lr 5e-3 after a linear warm-up over the first
     5 % of the iterations, nnU-Net's poly decay, decoupled weight decay 1e-2 on the weights only; everything else
     nnU-Net's (loss, deep-supervision weights, clipping, augmentation, 1000 epochs x 250 iterations). nnU-Net's own
     recipe, this trainer's default before 0.2, is ``nnUNetTrainerLightMedSeg_nnUNetSGD``; ``--c`` on a folder trained
     with it continues with it.
 
-    Prediction on a GPU replays the network's forward from CUDA graphs (``LightMedSeg(cuda_graphs=True)``);
-    ``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead.
+    The network is built with ``execution.accelerate``: fast float32 CPU kernels, and on a GPU its inference forward
+    replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead).
 
     Variants set ``preset`` (a name in ``nnunetv2_lightmedseg.architectures.PRESETS``), ``network_options``
     (fields of ``LightMedSegConfig``, e.g. ablation switches), ``recipe`` or the ``TrainingLength`` attributes.
