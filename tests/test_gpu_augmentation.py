@@ -396,7 +396,7 @@ def test_cascade_and_unported_transforms_raise_naming_the_fallback() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_plan(tmp_path_factory):
-    """Five generated 10 x 40 x 32 cases at 4 x 1 x 1 mm (an anisotropic plan: augmentation in-plane), planned and
+    """Five generated 8 x 32 x 24 cases at 4 x 1 x 1 mm (an anisotropic plan: augmentation in-plane), planned and
     preprocessed in this process through nnU-Net's API, its worker pools as thread pools (spawning processes that
     import torch costs most of the time on two cores) and its intensity statistics from 10^4 rather than 10^8
     foreground voxels."""
@@ -409,12 +409,13 @@ def tiny_plan(tmp_path_factory):
     for key in ("raw", "preprocessed", "results"):
         (root / key).mkdir()
         monkeypatch.setenv(f"nnUNet_{key}", str(root / key))
-    make_dataset(root / "raw", 996, "GpuDA", num_train=5, num_test=0, shape=(10, 40, 32), spacing=(4.0, 1.0, 1.0),
+    make_dataset(root / "raw", 996, "GpuDA", num_train=5, num_test=0, shape=(8, 32, 24), spacing=(4.0, 1.0, 1.0),
                  seed=3)
     spawn = types.SimpleNamespace(Pool=multiprocessing.pool.ThreadPool)
     get_context = multiprocessing.get_context
     monkeypatch.setattr(multiprocessing, "get_context",
                         lambda method=None: spawn if method == "spawn" else get_context(method))
+    monkeypatch.setattr("nnunetv2.utilities.utils.Pool", multiprocessing.pool.ThreadPool)
     fingerprint = DatasetFingerprintExtractor(996, num_processes=1)
     fingerprint.num_foreground_voxels_for_intensitystats = 1e4
     fingerprint.run(overwrite_existing=True)
@@ -448,7 +449,7 @@ def _shapes(batch: dict) -> tuple:
 def test_trainer_augments_on_the_device_with_nnunets_shapes(tiny_plan, monkeypatch) -> None:
     """A trainer with augmentation_device "device" on the CPU: its loader gives the uncropped initial patch, two
     training steps run on batches of the shapes and dtypes nnU-Net's CPU pipeline gives for the same plan, and the
-    log says which pipeline runs; "auto" on the CPU keeps nnU-Net's pipeline."""
+    log and debug.json say which pipeline runs; "auto" on the CPU keeps nnU-Net's pipeline."""
     from nnunetv2_lightmedseg.trainers.lightmedseg import nnUNetTrainerLightMedSeg_2epochs_10iters as Base
 
     class Seen:
@@ -473,6 +474,10 @@ def test_trainer_augments_on_the_device_with_nnunets_shapes(tiny_plan, monkeypat
     assert all(np.isfinite(loss) for loss in losses)
     log = Path(trainer.log_file).read_text()
     assert log.count("Training augmentation: nnU-Net's pipeline run batched on cpu") == 1
+    trainer._save_debug_information()  # nnU-Net's debug.json records the pipeline that ran
+    debug = json.loads((Path(trainer.output_folder) / "debug.json").read_text())
+    assert debug["device_augmentation"].startswith("BatchedTrainingTransforms([") and "SpatialTransform" in \
+        debug["device_augmentation"]
 
     reference = _trainer(Auto, tiny_plan, monkeypatch)
     reference_loader, _ = reference.get_dataloaders()

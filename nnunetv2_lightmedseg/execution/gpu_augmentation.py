@@ -30,6 +30,7 @@ elastic deformation and random crops in ``SpatialTransform``; a pipeline that co
 """
 from __future__ import annotations
 
+import importlib.metadata
 import math
 from collections import defaultdict
 from typing import Any, Optional, Sequence, Union
@@ -215,6 +216,11 @@ class _Spatial(_Step):
         ] if bad]
         if unsupported:
             raise NotImplementedError(f"SpatialTransform with {', '.join(unsupported)} has no batched port; "
+                                      f"{FALLBACK}")
+        if not hasattr(t, "seg_tiebreak"):
+            # before 0.3.6 batchgeneratorsv2 resampled segmentations by other rules (thresholds at 0.7 or 0.5)
+            raise NotImplementedError(f"batchgeneratorsv2 {importlib.metadata.version('batchgeneratorsv2')} "
+                                      f"resamples segmentations otherwise than 0.3.6, whose rules are ported here; "
                                       f"{FALLBACK}")
         self.patch_size = tuple(int(i) for i in t.patch_size)
         self._base_grids: dict[torch.device, torch.Tensor] = {}
@@ -595,7 +601,7 @@ class _Regions(_Step):
         source = seg[:, t.channel_in_seg]
         out = torch.zeros((seg.shape[0], len(t.regions), *seg.shape[2:]), dtype=torch.bool, device=seg.device)
         for r, region_labels in enumerate(t.regions):
-            region_labels = region_labels.to(seg.device)
+            region_labels = region_labels.to(device=seg.device, dtype=source.dtype)
             out[:, r] = source == region_labels if len(region_labels) == 1 else torch.isin(source, region_labels)
         batch.segmentation = out
 
@@ -715,8 +721,6 @@ class BatchedTrainingTransforms:
                 ) -> tuple[torch.Tensor, Union[torch.Tensor, list[torch.Tensor]]]:
         """The pipeline with freshly drawn parameters on a batch (see the class docstring)."""
         return self.apply(image, segmentation, self.sample_parameters(image.shape[0], image.shape[1:]))
-
-    __call__ = augment
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}([{', '.join(map(repr, self.steps))}])"

@@ -122,10 +122,10 @@ class DeviceAugmentation:
                                                       pin_memory=self.device.type == 'cuda',
                                                       wait_time=0.002)
         if self.device_augmentation is not None:
-            self.print_to_log_file(
-                f"Training augmentation: nnU-Net's pipeline run batched on {self.device} "
-                f"(nnunetv2_lightmedseg.execution.gpu_augmentation); the {max(allowed_num_processes, 1)} data loader "
-                f"process(es) only load and crop")
+            loading = f"{allowed_num_processes} worker processes" if allowed_num_processes else "the training process"
+            self.print_to_log_file(f"Training augmentation: nnU-Net's pipeline run batched on {self.device} "
+                                   f"(nnunetv2_lightmedseg.execution.gpu_augmentation); the data loader "
+                                   f"({loading}) only loads and crops")
         _ = next(mt_gen_train)
         _ = next(mt_gen_val)
         return mt_gen_train, mt_gen_val
@@ -133,7 +133,7 @@ class DeviceAugmentation:
     def train_step(self, batch: dict) -> dict:
         if self.device_augmentation is not None:
             with torch.no_grad():
-                data, target = self.device_augmentation(batch["data"].to(self.device, non_blocking=True),
-                                                        batch["target"].to(self.device, non_blocking=True))
+                data, target = self.device_augmentation.augment(batch["data"].to(self.device, non_blocking=True),
+                                                                batch["target"].to(self.device, non_blocking=True))
             batch = {**batch, "data": data, "target": target}
         return super().train_step(batch)
