@@ -145,10 +145,12 @@ def _assert_same_segmentation(got, want) -> None:
 
 # ------------------------------------------------------------------------------------------- each transform
 
-def _fixed_spatial(kind: str, angles, scale, rotate: bool, zoom: bool) -> ComposeTransforms:
+def _fixed_spatial(kind: str, angles, scale, rotate: bool, zoom: bool, **attributes) -> ComposeTransforms:
     """nnU-Net's SpatialTransform (with the pseudo-2D conversions around it) drawing these angles and scale."""
     pipeline = _nnunet_pipeline(kind)
     spatial = copy.deepcopy(_find(pipeline, SpatialTransform))
+    for name, value in attributes.items():
+        setattr(spatial, name, value)
     spatial.p_rotation, spatial.p_scaling = float(rotate), float(zoom)
     spatial.rotation = lambda image, dim: angles[dim]
     spatial.scaling = scale
@@ -165,21 +167,28 @@ SPATIAL_CASES = [((0, 0, 0), 1, False, False), ((0.3, -0.2, 0.5), 1, True, False
                  ((0.5, 0.4, -0.6), 1.4, True, True), ((0, 0, math.pi), 1.25, True, True)]
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_spatial_transform_equals_batchgeneratorsv2(kind: str) -> None:
-    """Crop, rotation and scaling of image and segmentation bit for bit as batchgeneratorsv2's SpatialTransform,
-    with one-, two- and many-label channels and patches that reach outside the crop."""
+def _spatial_both(kind: str, **attributes):
+    """The SPATIAL_CASES, one per sample, batched and by batchgeneratorsv2: (batched, theirs, inputs, pipelines)."""
     image, seg = _inputs(len(SPATIAL_CASES), _initial_patch(kind))
-    pipelines = [_fixed_spatial(kind, *case) for case in SPATIAL_CASES]
+    pipelines = [_fixed_spatial(kind, *case, **attributes) for case in SPATIAL_CASES]
     batched = [BatchedTrainingTransforms(p) for p in pipelines]
     params = [[] for _ in batched[0].steps]
     for b, one in enumerate(batched):
         for step_params, p in zip(params, one.sample_parameters(1, image.shape[1:])):
             step_params += p
-    got_image, got_seg = batched[0].apply(image.clone(), seg.clone(), params)
+    got = batched[0].apply(image.clone(), seg.clone(), params)
     want = [p(image=image[b].clone(), segmentation=seg[b].clone()) for b, p in enumerate(pipelines)]
-    assert torch.equal(got_image, torch.stack([w["image"] for w in want]))
-    _assert_same_segmentation(got_seg, torch.stack([w["segmentation"] for w in want]))
+    return got, (torch.stack([w["image"] for w in want]), torch.stack([w["segmentation"] for w in want])), \
+        (image, seg), pipelines
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spatial_transform_equals_batchgeneratorsv2(kind: str) -> None:
+    """Crop, rotation and scaling of image and segmentation bit for bit as batchgeneratorsv2's SpatialTransform,
+    with one-, two- and many-label channels and patches that reach outside the crop."""
+    (got_image, got_seg), (want_image, want_seg), (image, seg), pipelines = _spatial_both(kind)
+    assert torch.equal(got_image, want_image)
+    _assert_same_segmentation(got_seg, want_seg)
 
     # the cases cover what they are meant to: patches inside and reaching outside, and the padding label kept
     spatial = [t for t in pipelines[0].transforms if isinstance(t, SpatialTransform)][0]
@@ -191,6 +200,16 @@ def test_spatial_transform_equals_batchgeneratorsv2(kind: str) -> None:
         reaches.append(spatial._may_reach_outside(grid, plane))
     assert any(reaches) and not all(reaches)
     assert (got_seg == -1).any() and set(got_seg.unique().tolist()) <= {-1, 0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("attributes", [{"seg_tiebreak": "lowest"}, {"seg_tiebreak": "highest"},
+                                        {"mode_seg": "nearest"}, {"border_mode_seg": "zeros"}],
+                         ids=["lowest", "highest", "nearest", "zeros"])
+def test_spatial_settings_nnunet_does_not_use_equal_batchgeneratorsv2(attributes: dict) -> None:
+    """The other tie rules, nearest-neighbour segmentation sampling and zero padding, as batchgeneratorsv2 has them."""
+    (got_image, got_seg), (want_image, want_seg), _, _ = _spatial_both("aniso", **attributes)
+    assert torch.equal(got_image, want_image)
+    _assert_same_segmentation(got_seg, want_seg)
 
 
 INTENSITY = {
@@ -449,7 +468,8 @@ def _shapes(batch: dict) -> tuple:
 def test_trainer_augments_on_the_device_with_nnunets_shapes(tiny_plan, monkeypatch) -> None:
     """A trainer with augmentation_device "device" on the CPU: its loader gives the uncropped initial patch, two
     training steps run on batches of the shapes and dtypes nnU-Net's CPU pipeline gives for the same plan, and the
-    log and debug.json say which pipeline runs; "auto" on the CPU keeps nnU-Net's pipeline."""
+    log and debug.json say which pipeline runs; a transform without a batched port, and "auto" on the CPU, keep
+    nnU-Net's pipeline."""
     from nnunetv2_lightmedseg.trainers.lightmedseg import nnUNetTrainerLightMedSeg_2epochs_10iters as Base
 
     class Seen:
@@ -478,6 +498,20 @@ def test_trainer_augments_on_the_device_with_nnunets_shapes(tiny_plan, monkeypat
     debug = json.loads((Path(trainer.output_folder) / "debug.json").read_text())
     assert debug["device_augmentation"].startswith("BatchedTrainingTransforms([") and "SpatialTransform" in \
         debug["device_augmentation"]
+
+    # a pipeline with a transform that has no batched port stays nnU-Net's, in its workers
+    own_pipeline = trainer.get_training_transforms
+
+    def with_elastic_deformation(*args, **kwargs):
+        pipeline = own_pipeline(*args, **kwargs)
+        _find(pipeline, SpatialTransform).p_elastic_deform = 1
+        return pipeline
+
+    monkeypatch.setattr(trainer, "get_training_transforms", with_elastic_deformation)
+    loader, _ = trainer.get_dataloaders()
+    assert trainer.device_augmentation is None and loader.data_loader.transforms is not None
+    assert "own pipeline in its data loader processes, since SpatialTransform with elastic deformation" in \
+        Path(trainer.log_file).read_text()
 
     reference = _trainer(Auto, tiny_plan, monkeypatch)
     reference_loader, _ = reference.get_dataloaders()

@@ -1,2 +1,2 @@
 """How LightMedSeg runs fast: execution choices switched in beside the architecture (CPU kernel choices, CUDA-graph
-replay, GPU augmentation)."""
+replay, GPU augmentation)"""
