@@ -46,8 +46,8 @@ def time_epochs(dataset: str, trainer_name: str, fold: int, epochs: int, iterati
     """In this process: ``epochs`` epochs of nnU-Net's run_training for ``trainer_name``, timed."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
-    from torch._dynamo import OptimizedModule
     from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+    from torch._dynamo import OptimizedModule
 
     import nnunetv2_lightmedseg
     nnunetv2_lightmedseg.enable()

@@ -27,8 +27,8 @@ from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrig
 from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
 from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
 from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
-from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.nnunet.seg_to_onehot import MoveSegAsOneHotToDataTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
 from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
@@ -186,16 +186,16 @@ def _spatial_both(kind: str, **attributes):
 def test_spatial_transform_equals_batchgeneratorsv2(kind: str) -> None:
     """Crop, rotation and scaling of image and segmentation bit for bit as batchgeneratorsv2's SpatialTransform,
     with one-, two- and many-label channels and patches that reach outside the crop."""
-    (got_image, got_seg), (want_image, want_seg), (image, seg), pipelines = _spatial_both(kind)
+    (got_image, got_seg), (want_image, want_seg), (image, _), pipelines = _spatial_both(kind)
     assert torch.equal(got_image, want_image)
     _assert_same_segmentation(got_seg, want_seg)
 
     # the cases cover what they are meant to: patches inside and reaching outside, and the padding label kept
-    spatial = [t for t in pipelines[0].transforms if isinstance(t, SpatialTransform)][0]
+    spatial = next(t for t in pipelines[0].transforms if isinstance(t, SpatialTransform))
     plane = image.shape[2:] if not KINDS[kind][2] else image.shape[3:]
     reaches = []
     for p in pipelines[1:]:
-        t = [t for t in p.transforms if isinstance(t, SpatialTransform)][0]
+        t = next(t for t in p.transforms if isinstance(t, SpatialTransform))
         grid = t.get_parameters(image=torch.empty((1, *plane)))["grid"]
         reaches.append(spatial._may_reach_outside(grid, plane))
     assert any(reaches) and not all(reaches)
@@ -550,4 +550,4 @@ def test_cuda_equals_cpu(name: str) -> None:
         assert (g.cpu() != w).float().mean() < 1e-3
     noisy = BatchedTrainingTransforms(_nnunet_pipeline(kind, **kwargs))
     out_image, out_seg = noisy.augment(image.cuda(), seg.cuda())
-    assert out_image.is_cuda and torch.isfinite(out_image).all()
+    assert out_image.is_cuda and torch.isfinite(out_image).all() and out_seg[0].is_cuda

@@ -17,8 +17,9 @@ Equal to batchgeneratorsv2 0.3.6 for the same parameters:
 - bit for bit on the CPU: the spatial transform (the same grid arithmetic, ``grid_sample`` and, for the
   segmentation, its per-label scores, float16 rounding, argmax and nearest-neighbour tie rule), the crop,
   brightness, low resolution, mirroring, masking, label removal, regions and deep-supervision targets;
-- up to float rounding: blur (grouped rather than single-channel convolutions), contrast and gamma (per-channel
-  means and standard deviations reduced over a dimension rather than over a whole tensor), and on another device
+- up to float rounding: blur (grouped direct convolutions, where batchgeneratorsv2 convolves each channel alone
+  and, with nnU-Net's ``benchmark=True``, by FFT where that was faster), contrast and gamma (per-channel means and
+  standard deviations reduced over a dimension rather than over a whole tensor), and on another device
   everything, to the precision of its kernels;
 - in distribution only: Gaussian noise, drawn on the device for the whole batch. The parameter streams are
   batchgeneratorsv2's, but drawn in the training process rather than in nnU-Net's worker processes, so a run is
@@ -44,8 +45,7 @@ from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrig
 from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
 from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
 from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
-from batchgeneratorsv2.transforms.noise.gaussian_blur import _build_kernel
-from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform, _build_kernel
 from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import (SpatialTransform, _convert_my_grid_to_grid_sample_grid,
@@ -232,7 +232,7 @@ class _Spatial(_Step):
         do_scale = np.random.uniform() < t.p_scaling
         np.random.uniform()  # do_deform: drawn by batchgeneratorsv2 whatever p_elastic_deform, which is 0 here
         if do_rotation:
-            angles = [sample_scalar(t.rotation, image=image, dim=i) for i in range(0, dim)]
+            angles = [sample_scalar(t.rotation, image=image, dim=i) for i in range(dim)]
             if t.p_rot_per_axis < 1:
                 for i in range(dim):
                     if np.random.uniform() > t.p_rot_per_axis:
@@ -243,7 +243,7 @@ class _Spatial(_Step):
             if np.random.uniform() <= t.p_synchronize_scaling_across_axes:
                 scales = [sample_scalar(t.scaling, image=image, dim=None)] * dim
             else:
-                scales = [sample_scalar(t.scaling, image=image, dim=i) for i in range(0, dim)]
+                scales = [sample_scalar(t.scaling, image=image, dim=i) for i in range(dim)]
         else:
             scales = [1] * dim
         if do_scale or do_rotation:
@@ -664,9 +664,12 @@ class BatchedTrainingTransforms:
     (B, 1 or regions, *patch_size) or, with deep supervision, a list of those at each scale, full resolution
     first. Both inputs may be modified in place. The steps, with nnU-Net's probabilities, are listed by ``repr``.
 
+    The constructor takes the pipeline object itself, e.g. a trainer's ``get_training_transforms(...)`` (so that a
+    trainer's own override of it is what runs), and raises NotImplementedError for a transform or setting it has
+    no port for; ``from_arguments`` builds nnU-Net's default pipeline from ``get_training_transforms``' arguments.
     Parameters are drawn per sample on the host (``sample_parameters``), then applied batched on the input's
     device (``apply``); see the module docstring for what is equal to batchgeneratorsv2 and what only in
-    distribution. ``from_arguments`` builds nnU-Net's default pipeline from ``get_training_transforms``' arguments.
+    distribution.
     """
 
     def __init__(self, pipeline: BasicTransform) -> None:
