@@ -282,10 +282,9 @@ class _Spatial(_Step):
             for source, out, mode, value in ((image, out_image, t.padding_mode_image, t.padding_value_image),
                                              (seg, out_seg, t.border_mode_seg, t.padding_value_seg)):
                 pad_mode, pad_kwargs = t._get_crop_pad_settings(mode, value)
-                selected = source[index]
-                crop = crop_tensor(selected.reshape(-1, *shape), center, self.patch_size, pad_mode=pad_mode,
+                crop = crop_tensor(source.reshape(-1, *shape), center, self.patch_size, pad_mode=pad_mode,
                                    pad_kwargs=pad_kwargs)
-                out[index] = crop.reshape(len(cropped), source.shape[1], *self.patch_size)
+                out[index] = crop.reshape(source.shape[0], source.shape[1], *self.patch_size)[index]
         if warped:
             index = torch.tensor(warped, device=device)
             grids = torch.stack([self.grid(params[b]["affine"], shape, device) for b in warped])
