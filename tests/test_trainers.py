@@ -56,6 +56,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_nnUNetSGD", torch.optim.SGD, 1e-2),
     ("nnUNetTrainerLightMedSeg_adamw", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+    ("nnUNetTrainerLightMedSeg_cpuDA", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -64,6 +65,8 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     assert trainer.optimizer.param_groups[0]["initial_lr"] == learning_rate
     if name.endswith("_20epochs"):
         assert trainer.num_epochs == 20
+    assert trainer.augmentation_device == ("cpu" if name.endswith("_cpuDA") else "auto")
+    assert trainer.device_augmentation is None  # on the CPU both keep nnU-Net's pipeline
 
 
 def test_default_recipe_warms_up_then_decays(planned):

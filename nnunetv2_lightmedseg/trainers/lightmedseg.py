@@ -16,10 +16,11 @@ from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_sca
 from nnunetv2_lightmedseg.execution import accelerate
 from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
                                                   require_divisible_patch, strides_from_plan, unwrap)
+from nnunetv2_lightmedseg.trainers.gpu_augmentation import DeviceAugmentation
 from nnunetv2_lightmedseg.trainers.recipes import RecipeTraining
 
 
-class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, TrainingLength, nnUNetTrainer):
+class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, TrainingLength, nnUNetTrainer):
     """LightMedSeg (``paper`` preset, 0.48M parameters) in nnU-Net's pipeline, with deep supervision.
 
     Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every
@@ -29,6 +30,11 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, TrainingLength, nnUN
     nnU-Net's (loss, deep-supervision weights, clipping, augmentation, 1000 epochs x 250 iterations). nnU-Net's own
     recipe, this trainer's default before 0.2, is ``nnUNetTrainerLightMedSeg_nnUNetSGD``; ``--c`` on a folder trained
     with it continues with it.
+
+    On a CUDA device, nnU-Net's training augmentation runs batched on the GPU (``DeviceAugmentation``: the same
+    transforms, probabilities and ranges; the data loader processes only load and crop), since for a network this
+    small nnU-Net's CPU augmentation workers would set the pace; ``nnUNetTrainerLightMedSeg_cpuDA`` keeps nnU-Net's
+    CPU pipeline.
 
     The network is built with ``execution.accelerate``: fast float32 CPU kernels, and on a GPU its inference forward
     replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead).
@@ -90,6 +96,12 @@ class nnUNetTrainerLightMedSeg_adamw(nnUNetTrainerLightMedSeg):
     """AdamW (lr 2e-3, weight decay 1e-4) with nnU-Net's poly schedule, no warm-up."""
 
     recipe = "adamw"
+
+
+class nnUNetTrainerLightMedSeg_cpuDA(nnUNetTrainerLightMedSeg):
+    """nnU-Net's training augmentation in its CPU worker processes, on every device."""
+
+    augmentation_device = "cpu"
 
 
 # presets: one width multiplier each (see PRESETS)

@@ -103,6 +103,7 @@ class RecipeTraining:
         self.initial_lr = self.training_recipe.learning_rate
         self.weight_decay = self.training_recipe.weight_decay
         self._iteration_in_epoch = 0
+        self._epoch_learning_rates: Optional[list[float]] = None  # set at each epoch's start
 
     def configure_optimizers(self):
         optimizer = self.training_recipe.make_optimizer(unwrap(self.network), self.initial_lr, self.weight_decay)
@@ -119,7 +120,10 @@ class RecipeTraining:
 
     def train_step(self, batch: dict) -> dict:
         iteration = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
-        if self.warmup_iterations and iteration <= self.warmup_iterations:  # the iteration after the warm-up restores the epoch's rate
+        # the iteration after the warm-up (factor 1) restores the epoch's rate
+        if self.warmup_iterations and iteration <= self.warmup_iterations:
+            if self._epoch_learning_rates is None:  # a step outside nnU-Net's loop (tests, tools)
+                self._epoch_learning_rates = [group["lr"] for group in self.optimizer.param_groups]
             factor = min(1.0, (iteration + 1) / max(1, self.warmup_iterations))
             for group, learning_rate in zip(self.optimizer.param_groups, self._epoch_learning_rates):
                 group["lr"] = learning_rate * factor
