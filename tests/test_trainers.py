@@ -52,11 +52,11 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
 
 
 @pytest.mark.parametrize("name, optimizer, learning_rate", [
-    ("nnUNetTrainerLightMedSeg", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+    ("nnUNetTrainerLightMedSeg", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_nnUNetSGD", torch.optim.SGD, 1e-2),
-    ("nnUNetTrainerLightMedSeg_adamw", torch.optim.AdamW, 2e-3),
-    ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
-    ("nnUNetTrainerLightMedSeg_cpuDA", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+    ("nnUNetTrainerLightMedSeg_adamwWarmup", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+    ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_gpuDA", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -65,25 +65,23 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     assert trainer.optimizer.param_groups[0]["initial_lr"] == learning_rate
     if name.endswith("_20epochs"):
         assert trainer.num_epochs == 20
-    assert trainer.augmentation_device == ("cpu" if name.endswith("_cpuDA") else "auto")
-    assert trainer.device_augmentation is None  # on the CPU both keep nnU-Net's pipeline
+    assert trainer.augmentation_device == ("auto" if name.endswith("_gpuDA") else "cpu")
+    assert trainer.device_augmentation is None  # on the CPU every one keeps nnU-Net's pipeline
 
 
-def test_default_recipe_warms_up_then_decays(planned):
+def test_warm_up_then_poly_decay(planned):
     recipe = RECIPES["adamwWarmup"]
-    trainer = make_trainer("nnUNetTrainerLightMedSeg_2epochs_10iters")
-    assert trainer.warmup_iterations == round(recipe.warmup_fraction * 2 * 10) == 1
-    rates = train_iterations(trainer, 3)
-    peak_of_epoch_0 = recipe.learning_rate  # poly decay: lr_e = lr (1 - e / E) ^ 0.9, e = 0
-    assert rates == pytest.approx([peak_of_epoch_0, peak_of_epoch_0, peak_of_epoch_0])  # W = 1: one step at lr / 1
-    trainer = make_trainer("nnUNetTrainerLightMedSeg_20epochs")  # W = 250 of 5000 iterations
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_adamwWarmup_20epochs")  # W = 5 % of 5000 iterations
     assert trainer.warmup_iterations == 250
     rates = train_iterations(trainer, 3)
     assert rates == pytest.approx([recipe.learning_rate * t / 250 for t in (1, 2, 3)])
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_20epochs")  # the default recipe has no warm-up
+    assert trainer.warmup_iterations == 0
+    assert train_iterations(trainer, 2) == pytest.approx([2e-3, 2e-3])  # poly decay at epoch 0: the peak
 
 
 def test_weight_decay_spares_norms_and_biases(planned):
-    trainer = make_trainer("nnUNetTrainerLightMedSeg_2epochs_10iters")
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_adamwWarmup")
     trainer.initialize()
     decayed, kept = trainer.optimizer.param_groups
     assert decayed["weight_decay"] == RECIPES["adamwWarmup"].weight_decay and kept["weight_decay"] == 0
@@ -114,14 +112,16 @@ def test_resume_continues_with_the_recipe_it_was_trained_with(planned):
 
 def test_trainers_named_by_their_length():
     assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg", 20) == "nnUNetTrainerLightMedSeg_20epochs"
-    assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_adamw", 10, 100) == \
-        "nnUNetTrainerLightMedSeg_adamw_10epochs_100iters"
+    assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_adamwWarmup", 10, 100) == \
+        "nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters"
     assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_5epochs_30iters", 5, 30) == \
         "nnUNetTrainerLightMedSeg_5epochs_30iters"
-    made = trainers.nnUNetTrainerLightMedSeg_adamw_10epochs_100iters
-    assert issubclass(made, trainers.nnUNetTrainerLightMedSeg_adamw) and made.recipe == "adamw"
+    made = trainers.nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters
+    assert issubclass(made, trainers.nnUNetTrainerLightMedSeg_adamwWarmup) and made.recipe == "adamwWarmup"
     assert (made.epochs, made.iterations_per_epoch, made.val_iterations_per_epoch) == (10, 100, 20)
-    assert made is trainers.nnUNetTrainerLightMedSeg_adamw_10epochs_100iters  # made once
+    assert made is trainers.nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters  # made once
+    with pytest.raises(ValueError, match="trains 5 epochs x 30 iterations, not 10 x 30"):
+        trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_5epochs_30iters", 10, 30)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     assert issubclass(trainers.nnUNetTrainer_10epochs_100iters, nnUNetTrainer)
     with pytest.raises(AttributeError):

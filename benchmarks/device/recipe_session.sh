@@ -4,12 +4,13 @@
 # accuracy.py invocation with its own augmentation workers, then one table per group and, when the groups trained
 # the same folds, the table that compares them (NAME). Results in /opt/out, /opt/acc/DONE when finished.
 #   TRAININGS: "TRAINER[,TRAINER...]:FOLDS:DA_WORKERS" entries, FOLDS as 0+1; default: nnU-Net default on folds 0 and 1
-#   with 6 augmentation workers each, the LightMedSeg trainers with 2 (they augment on the GPU: the workers only load).
+#   with 6 augmentation workers each, LightMedSeg (nnU-Net's CPU augmentation) with 4, LightMedSeg_gpuDA with 2
+#   (it augments on the GPU: its workers only load and crop).
 set -u
 source benchmarks/device/env.sh
 OUT=/opt/out W=/opt/acc RAW=/opt/data/Dataset027_ACDC
 EPOCHS=${EPOCHS:-20} ITERS=${ITERS:-250} NAME=${NAME:-acdc_20epochs}
-TRAININGS=(${TRAININGS:-nnUNetTrainer:0+1:6 nnUNetTrainerLightMedSeg,nnUNetTrainerLightMedSeg_adamw:0+1:2})
+TRAININGS=(${TRAININGS:-nnUNetTrainer:0+1:6 nnUNetTrainerLightMedSeg:0+1:4 nnUNetTrainerLightMedSeg_gpuDA:0+1:2})
 mkdir -p $OUT $W
 rm -f $W/DONE
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt

@@ -25,16 +25,14 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
 
     Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every
     planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s_0, 1/(s_0 s_1), ...).
-    Training recipe ``adamwWarmup`` (``recipes.RECIPES``): AdamW, peak lr 5e-3 after a linear warm-up over the first
-    5 % of the iterations, nnU-Net's poly decay, decoupled weight decay 1e-2 on the weights only; everything else
-    nnU-Net's (loss, deep-supervision weights, clipping, augmentation, 1000 epochs x 250 iterations). nnU-Net's own
-    recipe, this trainer's default before 0.2, is ``nnUNetTrainerLightMedSeg_nnUNetSGD``; ``--c`` on a folder trained
-    with it continues with it.
+    Training recipe ``adamw`` (``recipes.RECIPES``): AdamW, lr 2e-3, weight decay 1e-4, nnU-Net's poly decay;
+    everything else nnU-Net's (loss, deep-supervision weights, clipping, augmentation, 1000 epochs x 250
+    iterations). nnU-Net's own recipe, this trainer's default before 0.2, is ``nnUNetTrainerLightMedSeg_nnUNetSGD``;
+    ``--c`` on a folder trained with it continues with it.
 
-    On a CUDA device, nnU-Net's training augmentation runs batched on the GPU (``DeviceAugmentation``: the same
-    transforms, probabilities and ranges; the data loader processes only load and crop), since for a network this
-    small nnU-Net's CPU augmentation workers would set the pace; ``nnUNetTrainerLightMedSeg_cpuDA`` keeps nnU-Net's
-    CPU pipeline.
+    ``nnUNetTrainerLightMedSeg_gpuDA`` runs nnU-Net's training augmentation batched on the GPU
+    (``DeviceAugmentation``: the same transforms, probabilities and ranges; the data loader processes only load and
+    crop), since for a network this small nnU-Net's CPU augmentation workers set the pace of training.
 
     The network is built with ``execution.accelerate``: fast float32 CPU kernels, and on a GPU its inference forward
     replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead).
@@ -43,7 +41,8 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
     (fields of ``LightMedSegConfig``, e.g. ablation switches), ``recipe`` or the ``TrainingLength`` attributes.
     """
 
-    recipe: ClassVar[str] = "adamwWarmup"
+    recipe: ClassVar[str] = "adamw"
+    augmentation_device: ClassVar[str] = "cpu"
     preset: ClassVar[str] = "paper"
     network_options: ClassVar[dict[str, Any]] = {}
 
@@ -92,16 +91,18 @@ class nnUNetTrainerLightMedSeg_nnUNetSGD(nnUNetTrainerLightMedSeg):
     recipe = "nnUNetSGD"
 
 
-class nnUNetTrainerLightMedSeg_adamw(nnUNetTrainerLightMedSeg):
-    """AdamW (lr 2e-3, weight decay 1e-4) with nnU-Net's poly schedule, no warm-up."""
+class nnUNetTrainerLightMedSeg_adamwWarmup(nnUNetTrainerLightMedSeg):
+    """AdamW, peak lr 5e-3 after a linear warm-up over the first 5 % of the iterations, decoupled weight decay 1e-2
+    on convolution and linear weights only, nnU-Net's poly decay."""
 
-    recipe = "adamw"
+    recipe = "adamwWarmup"
 
 
-class nnUNetTrainerLightMedSeg_cpuDA(nnUNetTrainerLightMedSeg):
-    """nnU-Net's training augmentation in its CPU worker processes, on every device."""
+# where the training augmentation runs (see DeviceAugmentation)
+class nnUNetTrainerLightMedSeg_gpuDA(nnUNetTrainerLightMedSeg):
+    """nnU-Net's training augmentation batched on the training GPU (on a CPU device: nnU-Net's own pipeline)."""
 
-    augmentation_device = "cpu"
+    augmentation_device = "auto"
 
 
 # presets: one width multiplier each (see PRESETS)
