@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.image
 import numpy as np
 import pytest
 
+import accuracy
+import plots
+import readme_tables
+from common import RESULTS
 from nnunetv2_lightmedseg.synthetic import make_dataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import accuracy  # noqa: E402
-import plots  # noqa: E402
-import readme_tables  # noqa: E402
+BENCHMARKS = RESULTS.parent
 
 
 def _row(trainer: str, fold: int, dice: float, fraction: float = 1.0) -> dict:
@@ -38,7 +37,8 @@ TABLE = {"metadata": {"dataset": "Dataset027_ACDC", "budget": {"epochs": 10, "it
 
 def test_table_has_mean_and_spread_over_folds():
     markdown = accuracy.to_markdown(TABLE)
-    line = next(row for row in markdown.splitlines() if row.startswith("| nnUNetTrainerLightMedSeg | 0.480 | 9.9 | 1 |"))
+    line = next(row for row in markdown.splitlines()
+                if row.startswith("| nnUNetTrainerLightMedSeg | 0.480 | 9.9 | 1 |"))
     assert "0.850 +- 0.050" in line and "| 0,1 |" in line
 
 
