@@ -5,10 +5,11 @@ Steps, each skipped when its output exists (so a stopped run resumes where it st
 2. for ``--train-fractions`` below 1, extra folds appended to ``splits_final.json``: the same validation cases,
    training on that fraction of the fold's training patients (patients kept whole, e.g. both ACDC frames);
 3. training of every (trainer, fold) job through nnU-Net's own ``run_training`` code path (what
-   ``nnUNetv2_train`` runs), with the epoch budget set on the trainer instance, so that any trainer (an ablation
-   switch, a baseline) trains under one budget without a class per budget; results of a budget go to their own
-   ``nnUNet_results`` root. Jobs run one per GPU in parallel (``--gpus``, ``--jobs-per-gpu``), resume from
-   ``checkpoint_latest.pth``, and end with nnU-Net's validation of the fold;
+   ``nnUNetv2_train`` runs), as the trainer named by the budget (``nnUNetTrainerLightMedSeg`` at 20 epochs trains
+   ``nnUNetTrainerLightMedSeg_20epochs``, see ``nnunetv2_lightmedseg.trainers.budgets``), so that any trainer (an
+   ablation switch, a baseline) trains under one budget and its results folder says which; results of a budget go
+   to their own ``nnUNet_results`` root. Jobs run one per GPU in parallel (``--gpus``, ``--jobs-per-gpu``), resume
+   from ``checkpoint_latest.pth``, and end with nnU-Net's validation of the fold;
 4. metrics: per-class Dice and HD95 (mm, at the dataset's spacing) with MONAI on every fold's validation
    predictions (nnU-Net's cross-validation), and, with ``--test``, on the test folder
    predicted by ``nnUNetv2_predict`` with the ensemble of the trained folds;
@@ -135,8 +136,18 @@ def add_fraction_folds(ws: Workspace, folds: list[int], fractions: list[float], 
     return numbers
 
 
-def train_one(dataset: str, trainer_name: str, fold: int, epochs: int, iterations: Optional[int]) -> None:
-    """nnU-Net's run_training for one GPU (nnunetv2/run/run_training.py), with the budget set on the trainer."""
+def budget_trainers(trainers: list[str], epochs: int, iterations: Optional[int]) -> list[str]:
+    """The trainer class names that train ``epochs`` x ``iterations``: each name of ``trainers``, suffixed with the
+    budget unless it already says it (e.g. ``nnUNetTrainerLightMedSeg`` -> ``nnUNetTrainerLightMedSeg_20epochs``)."""
+    from nnunetv2_lightmedseg.trainers import budget_trainer_name
+    try:
+        return [budget_trainer_name(t, epochs, iterations) for t in trainers]
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
+def train_one(dataset: str, trainer_name: str, fold: int, epochs: int, iterations: int) -> None:
+    """nnU-Net's run_training for one GPU (nnunetv2/run/run_training.py)."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
@@ -144,10 +155,9 @@ def train_one(dataset: str, trainer_name: str, fold: int, epochs: int, iteration
     nnunetv2_lightmedseg.enable()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trainer = get_trainer_from_args(dataset, "3d_fullres", fold, trainer_name, device=device)
-    trainer.num_epochs = epochs
-    if iterations:
-        trainer.num_iterations_per_epoch = iterations
-        trainer.num_val_iterations_per_epoch = max(1, iterations // 10)
+    if (trainer.num_epochs, trainer.num_iterations_per_epoch) != (epochs, iterations):
+        raise SystemExit(f"{trainer_name} trains {trainer.num_epochs} epochs x {trainer.num_iterations_per_epoch} "
+                         f"iterations, not the {epochs} x {iterations} of this run")
     maybe_load_checkpoint(trainer, True, False, None)  # resumes from final, latest or best when present
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = False
@@ -285,16 +295,35 @@ def epoch_times(folder: Path) -> list[float]:
     return times
 
 
+def trainer_class(trainer_name: str) -> Optional[type]:
+    """The class nnU-Net trains for ``trainer_name`` (its own lookup), or None for a trainer absent here."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    import nnunetv2_lightmedseg
+    nnunetv2_lightmedseg.enable()
+    try:
+        return recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError:
+        return None
+
+
+def training_recipe(cls: Optional[type]) -> Optional[dict[str, Any]]:
+    """The LightMedSeg training recipe a trainer class names (``recipes.RECIPES``), or None for other trainers."""
+    import dataclasses
+
+    from nnunetv2_lightmedseg.trainers.recipes import get_recipe
+    name = getattr(cls, "recipe", None)
+    return None if name is None else {"name": name, **dataclasses.asdict(get_recipe(name))}
+
+
 def network_complexity(ws: Workspace, trainer_name: str) -> dict[str, Any]:
     """Parameters and GFLOPs of one forward pass (batch 1) of the network ``trainer_name`` trains, at the patch in
     its results folder's plans (the patch it trained at), counted as in the complexity table. Parameters come from
     the module, not the checkpoint: nnU-Net's decoder holds its encoder, so a state dict counts the encoder twice."""
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    import nnunetv2_lightmedseg.trainers as trainers
     from complexity import InputSetting, measure
-    cls = nnUNetTrainer if trainer_name == "nnUNetTrainer" else getattr(trainers, trainer_name, None)
+    cls = trainer_class(trainer_name)
     if cls is None:
         return {"params": None, "gflops": None}
     folder = ws.model_folder(trainer_name)
@@ -322,12 +351,13 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
         for trainer in trainers:
             complexity = network_complexity(ws, trainer)
             params, gflops = complexity["params"], complexity["gflops"]
+            recipe = training_recipe(trainer_class(trainer))
             for (fold, fraction), number in sorted(fold_numbers.items()):
                 folder = ws.model_folder(trainer) / f"fold_{number}"
                 cases = score_folder(folder / "validation", labels, dataset_json, pool)
                 times = epoch_times(folder)
                 rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
-                             "train_fraction": fraction, "params": params, "gflops": gflops,
+                             "train_fraction": fraction, "params": params, "gflops": gflops, "recipe": recipe,
                              "seconds_per_epoch": float(np.median(times)) if times else None,
                              # names a training (nnU-Net's log names carry its start time): the same training
                              # scored in two tables counts once in readme_tables' run-to-run comparison
@@ -458,13 +488,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus
     ws = Workspace(args.raw.resolve(), args.work.resolve(), args.epochs, args.iterations)
+    trainers = budget_trainers(args.trainers, ws.budget["epochs"], ws.budget["iterations_per_epoch"])
     if args.score_only:
         if any(f < 1 for f in args.train_fractions) and not ws.splits_file.is_file():
             parser.error(f"--score-only --train-fractions: the fraction folds are numbered in the run's splits file; "
                          f"copy its preprocessed/{ws.name}/splits_final.json to {ws.splits_file}")
         fold_numbers = (add_fraction_folds(ws, args.folds, args.train_fractions) if ws.splits_file.is_file()
                         else {(fold, 1.0): fold for fold in args.folds})
-        missing = [str(ws.model_folder(t) / f"fold_{n}" / "validation") for t in args.trainers
+        missing = [str(ws.model_folder(t) / f"fold_{n}" / "validation") for t in trainers
                    for n in sorted(set(fold_numbers.values()))
                    if not (ws.model_folder(t) / f"fold_{n}" / "validation").is_dir()]
         if missing:
@@ -477,18 +508,18 @@ def main(argv: Optional[list[str]] = None) -> None:
         fold_numbers = add_fraction_folds(ws, args.folds, args.train_fractions)
         logs = args.work / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        jobs = [(t, n) for t in args.trainers for n in sorted(set(fold_numbers.values()))]
+        jobs = [(t, n) for t in trainers for n in sorted(set(fold_numbers.values()))]
         train_all(ws, jobs, gpus, args.jobs_per_gpu, logs)
     test_images, test_labels = (args.test / "imagesTs", args.test / "labelsTs") if args.test else (None, None)
     if args.test and not (test_images.is_dir() and test_labels.is_dir()):
         parser.error(f"--test {args.test} needs the subfolders imagesTs/ and labelsTs/")
-    rows = evaluate(ws, args.trainers, fold_numbers, test_images, test_labels, args.processes)
+    rows = evaluate(ws, trainers, fold_numbers, test_images, test_labels, args.processes)
     meta = provenance()
     meta.update({"dataset": ws.name, "budget": ws.budget, "gpus": gpus,
                  "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions,
                  "smoke_test": args.smoke_test})
     if args.score_only:
-        trained = training_record(ws, args.trainers, sorted(fold_numbers.values()))
+        trained = training_record(ws, trainers, sorted(fold_numbers.values()))
         meta.update({"scored_on": f"{meta['device']}, torch {meta['torch']}", "torch": trained["torch"],
                      "trained_by": trained["commands"],
                      "device": f"{gpus} x {trained['gpu']}" if gpus else trained["gpu"]})

@@ -104,7 +104,8 @@ def register_model(name: str, builder: ModelBuilder) -> None:
 #: nnU-Net 3d_fullres topology per setting: patch, batch, strides (pool_op_kernel_sizes), conv kernel sizes.
 #: iso128: a BraTS-like plan (1 mm isotropic, patch 128^3, batch 2), topology from nnU-Net's own
 #: get_pool_and_conv_props as its ExperimentPlanner calls it (min feature map 4, no pooling limit).
-#: acdc: the plan nnU-Net 2.8.1 makes for ACDC (Dataset027) 3d_fullres (as in benchmarks/plans/, checked 2026-11-26).
+#: acdc: the plan nnU-Net 2.8.1 makes for ACDC (Dataset027) 3d_fullres, as in
+#: benchmarks/plans/Dataset027_ACDC_nnUNetPlans.json.
 NNUNET_TOPOLOGY: dict[str, dict[str, Any]] = {
     "acdc": {"patch_size": [10, 256, 224], "batch_size": 7,
              "strides": [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],

@@ -40,7 +40,8 @@ from torch import nn
 
 from common import cell, generated_line
 from complexity import MODELS, SETTINGS, InputSetting, NotApplicable, build
-from nnunetv2_lightmedseg.architectures import InferenceGraphs, LightMedSeg
+from nnunetv2_lightmedseg.architectures import LightMedSeg
+from nnunetv2_lightmedseg.execution import InferenceGraphs, accelerate, replay_cuda_graphs
 from nnunetv2_lightmedseg.provenance import provenance
 from nnunetv2_lightmedseg.trainers.common import unwrap
 
@@ -164,7 +165,7 @@ def training_step_ms(model: nn.Module, setting: InputSetting, batch: int, device
         optimizer.step()
 
     # the peak over warm-up and timed steps: CUDA graphs allocate their memory pool while capturing (in the
-    # warm-up), so a peak taken over later steps alone missed it (0.41 GiB under cudagraphs, 2026-11-27 H100 run)
+    # warm-up), so a peak taken over later steps alone misses it (SPEED_NOTES.md)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ms = median_ms(step, device, warmup, repeats)
@@ -251,8 +252,8 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
         raise NotApplicable("CUDA graphs need a GPU")
     model, setting, note = build(MODELS[name], setting)
     model = model.to(device).eval()
-    if isinstance(model, LightMedSeg):
-        model.cuda_graphs = False  # its default for inference; the modes below choose
+    if isinstance(model, LightMedSeg):  # as its trainers build it; CUDA-graph replay only in the graphs mode
+        model = accelerate(model, cuda_graphs=False)
     row.update(input_shape=list(setting.input_shape), built=note, note="")
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
     x = torch.randn(setting.input_shape, device=device)
@@ -260,12 +261,12 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     runnable = model
     if mode in COMPILE_MODES:
         # each row compiles a new model instance: no row inherits earlier rows' compiled code or recompile counts
-        # (compiled LightMedSeg varied 2-3x between runs, depending on its place in the run; SPEED_NOTES.md)
+        # (compiled LightMedSeg's speed depended on its place in the run; SPEED_NOTES.md)
         torch._dynamo.reset()
         runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
     elif mode == "graphs":
         if isinstance(model, LightMedSeg):
-            model.cuda_graphs = True
+            replay_cuda_graphs(model)
         else:
             runnable = ReplayedInference(model)
     if args.profile and mode == "eager":
@@ -289,7 +290,7 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
                                                             or name in args.prediction_models):
         for mirroring in (False, True):
             key = "case_s_mirror" if mirroring else "case_s"
-            # three on the CPU too: one (before 2026-11-27, third session) moved the mirrored case by 15 % run to run
+            # three on the CPU too: one repeat left the mirrored case at the mercy of run-to-run spread (SPEED_NOTES.md)
             row[key] = round(case_prediction_s(runnable, setting, device, mirroring, repeats=3), 3)
     del model, runnable, x
     if gpu:
@@ -378,8 +379,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     # every model of a (mode, setting) before the next, in the order given: a run cut short (a time limit) keeps
-    # the first ones side by side (the 2026-11-27 H100 run measured LightMedSeg's three modes and ran out before
-    # nnU-Net's first row), and the slow compiled modes can come last; the files are rewritten after every row
+    # the first ones side by side (a run once measured LightMedSeg's modes and ran out before nnU-Net's first row,
+    # SPEED_NOTES.md), and the slow compiled modes can come last; the files are rewritten after every row
     for mode in args.modes:
         for setting in [s for s in SETTINGS if s.name in args.settings]:
             for name in args.models:

@@ -216,10 +216,12 @@ def test_network_input_pads_a_volume_thinner_than_the_patch():
 
 @pytest.mark.parametrize("value, replayed", [(None, True), ("0", False), ("false", False), ("1", True)])
 def test_prediction_network_replays_cuda_graphs_unless_switched_off(monkeypatch, value, replayed):
-    """What nnUNetv2_predict builds: graphs on by default (used on GPUs only), LIGHTMEDSEG_CUDA_GRAPHS=0 turns
-    them off."""
+    """What nnUNetv2_predict builds: LightMedSeg with the execution choices switched in, CUDA-graph replay on by
+    default (used on GPUs only; LIGHTMEDSEG_CUDA_GRAPHS=0 turns it off), and the plain network's state_dict."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+    from nnunetv2_lightmedseg.architectures import LightMedSeg
+    from nnunetv2_lightmedseg.execution import CUDAGraphLightMedSeg, FastCPUConv3d
     from nnunetv2_lightmedseg.trainers import nnUNetTrainerLightMedSeg
     if value is None:
         monkeypatch.delenv("LIGHTMEDSEG_CUDA_GRAPHS", raising=False)
@@ -229,4 +231,10 @@ def test_prediction_network_replays_cuda_graphs_unless_switched_off(monkeypatch,
                                / "Dataset027_ACDC_nnUNetPlans.json"))
     network = nnUNetTrainerLightMedSeg.build_network_architecture(
         manager, manager.get_configuration("3d_fullres"), 1, 4, enable_deep_supervision=False)
-    assert network.cuda_graphs is replayed
+    assert isinstance(network, CUDAGraphLightMedSeg) is replayed and isinstance(network, LightMedSeg)
+    assert not replayed or network.cuda_graphs
+    assert type(network.stem.primary) is FastCPUConv3d  # the CPU kernel choices either way
+    # the plain network's checkpoint loads strictly into it, and back
+    plain = LightMedSeg.from_preset("paper", 1, 4, strides=network.strides)
+    network.load_state_dict(plain.state_dict(), strict=True)
+    plain.load_state_dict(network.state_dict(), strict=True)

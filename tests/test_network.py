@@ -5,6 +5,7 @@ All on the CPU with small inputs (the one 128^3 forward is the budget check); ev
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import pickle
 import re
 from copy import deepcopy
@@ -16,6 +17,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunetv2_lightmedseg.architectures import PRESETS, AnchorFiLM, AnchorPositionBias, LightMedSeg, LightMedSegConfig
+from nnunetv2_lightmedseg.execution import (
+    FAST_CPU_CLASSES,
+    CUDAGraphLightMedSeg,
+    FastCPUConv3d,
+    FastCPUConvTranspose3d,
+    FastCPUInstanceNorm3d,
+    InferenceGraphs,
+    accelerate,
+)
 
 ISO_STRIDES = [(2, 2, 2)] * 4
 ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # total (2, 16, 16), an nnU-Net ACDC-like plan
@@ -314,23 +324,23 @@ def test_deep_supervision_state_dict_loads_strictly_without_it() -> None:
 def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
     """CUDA-graph replay (tests/test_gpu.py) is for GPUs: on the CPU the plain forward runs, and the network
     copies, pickles and saves as before (the graphs are no state)."""
-    model = tiny(in_channels=2).eval()
+    model = accelerate(tiny(in_channels=2)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():
         torch.testing.assert_close(model(x), model.forward_eager(x), rtol=0, atol=0)
     assert len(model.inference_graphs) == 0 and model.cuda_graphs
-    assert set(model.state_dict()) == set(tiny(in_channels=2, cuda_graphs=False).state_dict())
+    assert set(model.state_dict()) == set(tiny(in_channels=2).state_dict())
     for copy in (deepcopy(model), pickle.loads(pickle.dumps(model))):
         with torch.inference_mode():
             torch.testing.assert_close(copy(x), model(x), rtol=0, atol=0)
         assert copy.inference_graphs is not model.inference_graphs
+        assert type(copy) is CUDAGraphLightMedSeg and type(copy.stem.primary) is FastCPUConv3d
 
 
 def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch) -> None:
     """Where a graph cannot be captured (here: no GPU at all), prediction goes on eagerly, with one warning."""
-    from nnunetv2_lightmedseg.architectures import InferenceGraphs
     monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda module, x: True))
-    model = tiny(in_channels=2).eval()
+    model = accelerate(tiny(in_channels=2)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():
         with pytest.warns(RuntimeWarning, match="LIGHTMEDSEG_CUDA_GRAPHS=0"):
@@ -338,7 +348,133 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch
         torch.testing.assert_close(out, model.forward_eager(x), rtol=0, atol=0)
         assert not model.cuda_graphs and len(model.inference_graphs) == 0
         with pytest.raises(ValueError, match="input channel"):  # bad input is still an error, not a fallback
-            tiny(in_channels=2).eval()(torch.randn(1, 3, 16, 16, 16))
+            accelerate(tiny(in_channels=2)).eval()(torch.randn(1, 3, 16, 16, 16))
+
+
+# ---------------------------------------------------------------------------------------------------- state_dict
+
+#: (number of entries, number of values, digest of the sorted "name [shape]" lines) of each preset's and ablation's
+#: state_dict, 1 input channel, 4 outputs, default strides unless named: checkpoints trained before load strictly
+#: only while these stay. Change them only with a way to load the old checkpoints.
+STATE_DICTS: dict[str, tuple[int, int, str]] = {
+    "tiny": (188, 131343, "91b1d49505524960"),
+    "small": (188, 282761, "aa9f23ee389b52f1"),
+    "paper": (188, 485201, "3d742415a6ae81b0"),
+    "base": (188, 1061639, "cb1d2b3e596095f9"),
+    "large": (188, 1848839, "7671db1d93c1711f"),
+    "paper, ACDC strides": (188, 441617, "ab28a158aab6377c"),
+    "use_anchors=False": (157, 457482, "0525cb3918ffc9f9"),
+    "anchor_mode=mlp": (187, 485953, "15035ff926024804"),
+    "use_lspm=False": (180, 481774, "cd210a5d69447d77"),
+    "use_film=False": (180, 466985, "ea9d5bd2503ff95f"),
+    "use_texture_routing=False": (175, 451756, "e44a5fc484bd3853"),
+    "use_skip_router=False": (169, 479677, "79c31756eb30717b"),
+    "use_position_bias=False": (170, 476546, "00b0fb8106a47b82"),
+    "use_adaptive_decoder=False": (149, 467303, "bb96135e4fbdd308"),
+    "ghost=False": (180, 733277, "d83ece3d7723237b"),
+}
+
+
+def pinned_network(name: str, in_channels: int = 1, **kwargs: Any) -> LightMedSeg:
+    """The network of a STATE_DICTS row."""
+    if name in PRESETS:
+        return LightMedSeg.from_preset(name, in_channels, 4, **kwargs)
+    if name == "paper, ACDC strides":
+        return LightMedSeg.from_preset("paper", in_channels, 4, strides=ANISO_STRIDES, **kwargs)
+    option, value = name.split("=")
+    return LightMedSeg.from_preset("paper", in_channels, 4, **{option: value if option == "anchor_mode" else False},
+                                   **kwargs)
+
+
+def state_dict_signature(model: nn.Module) -> tuple[int, int, str]:
+    state = model.state_dict()
+    listing = "\n".join(f"{name} {list(t.shape)}" for name, t in sorted(state.items()))
+    return len(state), sum(t.numel() for t in state.values()), hashlib.sha256(listing.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", STATE_DICTS)
+def test_state_dict_keys_and_shapes_are_pinned(name: str) -> None:
+    model = pinned_network(name)
+    assert state_dict_signature(model) == STATE_DICTS[name]
+    assert state_dict_signature(accelerate(model)) == STATE_DICTS[name]  # execution choices add no state
+
+
+def fill_deterministically(model: nn.Module) -> nn.Module:
+    """Every state_dict entry j (sorted by name) set to 0.2 sin(0.37 n + j) over its values n: weights that do not
+    depend on torch's random generator or the order in which modules are built."""
+    with torch.no_grad():
+        for j, (_, tensor) in enumerate(sorted(model.state_dict().items())):
+            values = torch.arange(tensor.numel(), dtype=torch.float64)
+            tensor.copy_((0.2 * torch.sin(0.37 * values + j)).view(tensor.shape))
+    return model
+
+
+#: sum, sum of magnitudes and a position-weighted sum of each deep-supervision output of the paper preset (2 input
+#: channels, ACDC strides) with ``fill_deterministically``'s weights on a fixed input, float64: the forward's
+#: results for given weights, as computed by the network that trained the existing checkpoints.
+PINNED_OUTPUTS = [(2768.67534, 2768.68449, -970.469721), (636.589769, 1092.28938, 567.135577),
+                  (188.113517, 221.475429, 56.2061162), (46.3110414, 97.4313275, -11.8927783)]
+
+
+@pytest.mark.parametrize("dtype, accelerated", [(torch.float64, False), (torch.float32, False),
+                                                (torch.float32, True)])
+def test_outputs_for_given_weights_are_pinned(dtype: torch.dtype, accelerated: bool) -> None:
+    """The same weights give the same outputs as the network that trained the existing checkpoints, plain or with
+    the execution choices switched in (up to float rounding in float32)."""
+    model = fill_deterministically(pinned_network("paper, ACDC strides", in_channels=2, deep_supervision=True)
+                                   .double()).to(dtype).eval()
+    if accelerated:
+        accelerate(model)
+    x = torch.sin(0.013 * torch.arange(2 * 4 * 32 * 48, dtype=torch.float64)).view(1, 2, 4, 32, 48).to(dtype)
+    with torch.no_grad():
+        outputs = [o.double() for o in model(x)]
+    got = [(o.sum().item(), o.abs().sum().item(),
+            (o * torch.linspace(-1, 1, o.numel(), dtype=torch.float64).view_as(o)).sum().item()) for o in outputs]
+    tolerance = 1e-8 if dtype == torch.float64 else 1e-5
+    for values, pinned in zip(got, PINNED_OUTPUTS, strict=True):
+        assert values == pytest.approx(pinned, rel=tolerance, abs=tolerance), (got, PINNED_OUTPUTS)
+
+
+def test_architecture_is_plain_pytorch_and_accelerate_switches_in_place() -> None:
+    """LightMedSeg itself holds torch's own modules; accelerate re-classes them (and the network) in place, keeping
+    every parameter object, so the two forms share weights and state_dict."""
+    model = tiny(in_channels=2)
+    assert type(model) is LightMedSeg
+    assert not any(isinstance(m, tuple(FAST_CPU_CLASSES.values())) for m in model.modules())
+    parameters = dict(model.named_parameters())
+    plain = deepcopy(model)
+    assert accelerate(model) is model and type(model) is CUDAGraphLightMedSeg
+    assert {type(m) for m in model.modules()} & set(FAST_CPU_CLASSES) == set()  # every one switched
+    assert {FastCPUConv3d, FastCPUConvTranspose3d, FastCPUInstanceNorm3d} <= {type(m) for m in model.modules()}
+    assert all(p is parameters[n] for n, p in model.named_parameters()) and len(parameters) == len(plain.state_dict())
+    plain.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 2, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), plain.eval()(x), rtol=1e-5, atol=1e-5)
+    assert type(accelerate(tiny(), cuda_graphs=False)) is LightMedSeg
+
+
+def test_flop_counting_and_tracing_see_the_plain_operators() -> None:
+    """The execution choices step aside in dispatch modes (FLOP counting) and tracing (ONNX export): the same
+    FLOPs and the same traced operators as the plain network, and no CUDA-graph replay there."""
+    plain = tiny(in_channels=2).eval()
+    fast = accelerate(deepcopy(plain)).eval()
+    x = torch.randn(1, 2, 16, 16, 16)
+    flops = []
+    for model in (plain, fast):
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
+    with torch.no_grad():
+        graphs = [torch.jit.trace(model, x, check_trace=False).inlined_graph for model in (plain, fast)]
+    kinds = [sorted(node.kind() for node in graph.nodes()) for graph in graphs]
+    assert kinds[0] == kinds[1] and "aten::_convolution" in kinds[0]
+    cuda_input = type("CudaInput", (), {"is_cuda": True})()  # InferenceGraphs.applies reads only is_cuda of x
+    with torch.no_grad():
+        assert InferenceGraphs.applies(fast, cuda_input)
+        with FlopCounterMode(display=False):
+            assert not InferenceGraphs.applies(fast, cuda_input)
 
 
 # ---------------------------------------------------------------------------------------------------- presets
@@ -378,10 +514,9 @@ def test_single_voxel_bottleneck_is_clearly_refused() -> None:
     dict(in_channels=6, out_channels=6, kernel_size=3, padding=1, groups=6, bias=False),
 ])
 def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
-    """blocks.Conv3d's CPU paths give nn.Conv3d's outputs and gradients (batch of 2, float32)."""
-    from nnunetv2_lightmedseg.architectures.blocks import Conv3d
+    """FastCPUConv3d's CPU paths give nn.Conv3d's outputs and gradients (batch of 2, float32)."""
     torch.manual_seed(0)
-    conv = Conv3d(**kwargs)
+    conv = FastCPUConv3d(**kwargs)
     x = torch.randn(2, kwargs["in_channels"], 4, 6, 8, requires_grad=True)
     fast = conv(x)
     (fast_grad_x, *fast_grads) = torch.autograd.grad(fast.square().sum(), [x, *conv.parameters()])
@@ -394,9 +529,8 @@ def test_cpu_fast_convolution_equals_pytorchs(kwargs: dict) -> None:
 
 @pytest.mark.parametrize("stride, bias", [((2, 2, 2), True), ((1, 2, 2), False), ((1, 1, 1), True)])
 def test_cpu_fast_transposed_convolution_equals_pytorchs(stride: tuple, bias: bool) -> None:
-    """blocks.ConvTranspose3d's CPU path (kernel = stride as a matrix product) gives nn's outputs and gradients."""
-    from nnunetv2_lightmedseg.architectures.blocks import ConvTranspose3d
-    conv = ConvTranspose3d(3, 5, kernel_size=stride, stride=stride, bias=bias)
+    """FastCPUConvTranspose3d's CPU path (kernel = stride as a matrix product) gives nn's outputs and gradients."""
+    conv = FastCPUConvTranspose3d(3, 5, kernel_size=stride, stride=stride, bias=bias)
     x = torch.randn(2, 3, 3, 4, 5, requires_grad=True)
     outputs = [conv(x), nn.ConvTranspose3d.forward(conv, x)]
     grads = [torch.autograd.grad((out * torch.linspace(-1, 2, out.numel()).view_as(out)).sum(),
@@ -408,9 +542,8 @@ def test_cpu_fast_transposed_convolution_equals_pytorchs(stride: tuple, bias: bo
 
 
 def test_cpu_fast_instance_norm_equals_pytorchs() -> None:
-    """blocks.InstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
-    from nnunetv2_lightmedseg.architectures.blocks import InstanceNorm3d
-    norm = InstanceNorm3d(3, affine=True)
+    """FastCPUInstanceNorm3d's CPU path (group_norm) gives nn.InstanceNorm3d's outputs and gradients."""
+    norm = FastCPUInstanceNorm3d(3, affine=True)
     nn.init.normal_(norm.weight)
     nn.init.normal_(norm.bias)
     x = (torch.randn(2, 3, 4, 6, 8) * 3 + 1).requires_grad_()

@@ -6,25 +6,26 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import (Conv3d, ConvNormAct3D, ConvTranspose3d, DepthwiseSeparableConv3D, GhostConv3D,
-                     SqueezeExcite3D, Stride3D, normalized_grid, resize_to)
+from .blocks import (ConvNormAct3D, DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D, Stride3D,
+                     normalized_grid, resize_to)
 
 
 class SkipRouter(nn.Module):
     """Learned skip router: multi-scale skip fusion with a per-voxel softmax over encoder scales.
 
-    Every encoder output E_j (j = 1..N) is projected once to a common width r: R_j = Conv1x1(E_j).
-    For decoder level l: R_j^l = resize(R_j, grid_l); w^l = softmax_j(Conv1x1([R_1^l, ..., R_N^l])) per voxel;
-    skip_l = act(norm(Conv1x1(sum_j w_j^l * R_j^l))) with C_l channels.
+    Every encoder output E_j (j = 0..N-1) is projected once to a common width r: R_j = Conv1x1(E_j) (no bias).
+    For decoder level l (grid_l, the grid of E_l): R_j^l = resize(R_j, grid_l);
+    w^l = softmax_j(Conv1x1([R_0^l, ..., R_{N-1}^l])) per voxel; skip_l = act(norm(Conv1x1(sum_j w_j^l * R_j^l)))
+    with C_l channels, the width of E_l.
 
-    Shapes: [E_j (B, C_j, grid_j)] -> [skip_l (B, C_l, grid_l)] for l = 1..N-1 (finest first).
+    Shapes: [E_j (B, C_j, grid_j)] for j = 0..N-1 -> [skip_l (B, C_l, grid_l)] for l = 0..N-2 (finest first).
     """
 
     def __init__(self, encoder_channels: Sequence[int], width: int) -> None:
         super().__init__()
         num_scales = len(encoder_channels)
-        self.project = nn.ModuleList(Conv3d(c, width, 1, bias=False) for c in encoder_channels)
-        self.controllers = nn.ModuleList(Conv3d(num_scales * width, num_scales, 1)
+        self.project = nn.ModuleList(nn.Conv3d(c, width, 1, bias=False) for c in encoder_channels)
+        self.controllers = nn.ModuleList(nn.Conv3d(num_scales * width, num_scales, 1)
                                          for _ in encoder_channels[:-1])
         self.outputs = nn.ModuleList(ConvNormAct3D(width, c, 1) for c in encoder_channels[:-1])
 
@@ -42,8 +43,8 @@ class SkipRouter(nn.Module):
 class AnchorPositionBias(nn.Module):
     """Anchor-relative, content-tied spatial position bias for one decoder level.
 
-    For voxel p (normalised coordinate) and anchors S_k: O(p) = [p - S_1, ..., p - S_K] (3K channels);
-    bias = Conv1x1(act(Conv1x1(O))) with C channels; gate = sigmoid(Conv1x1(U)) per voxel;
+    For voxel p (normalised coordinate) and anchors S_k: O(p) = [p - S_0, ..., p - S_{K-1}] (3K channels);
+    bias = Conv1x1(act(Conv1x1(O))) with C channels; gate = sigmoid(Conv1x1(U)) per voxel (one channel);
     U' = U + gate * bias. The hidden non-linearity matters: a single 1x1 convolution of the offsets would
     collapse to A p + c(S), a plane that cannot express distance to an anchor. The output convolution starts
     at zero, so the bias starts switched off.
@@ -53,11 +54,11 @@ class AnchorPositionBias(nn.Module):
 
     def __init__(self, channels: int, num_anchors: int) -> None:
         super().__init__()
-        self.embed = nn.Sequential(Conv3d(3 * num_anchors, channels, 1), nn.LeakyReLU(1e-2, inplace=True),
-                                   Conv3d(channels, channels, 1))
+        self.embed = nn.Sequential(nn.Conv3d(3 * num_anchors, channels, 1), nn.LeakyReLU(1e-2, inplace=True),
+                                   nn.Conv3d(channels, channels, 1))
         nn.init.zeros_(self.embed[-1].weight)
         nn.init.zeros_(self.embed[-1].bias)
-        self.gate = Conv3d(channels, 1, 1)
+        self.gate = nn.Conv3d(channels, 1, 1)
 
     def forward(self, features: torch.Tensor, anchor_positions: torch.Tensor) -> torch.Tensor:
         grid = normalized_grid(features.shape[2:], features.device, features.dtype)  # (3, D, H, W)
@@ -70,7 +71,7 @@ class AdaptiveMixBlock(nn.Module):
     """AdaptiveMix decoder block: fuse the upsampled path with the skip, mix three branches per voxel, SE.
 
     F = act(norm(Conv1x1([U, skip]))); w = softmax_3(Conv1x1(F)) per voxel;
-    Y = w_1 * DWSep3x3x3(F) + w_2 * Ghost(F) + w_3 * act(norm(Conv1x1(F))); D_l = SE(Y) + F.
+    Y = w_0 * DWSep3x3x3(F) + w_1 * Ghost(F) + w_2 * act(norm(Conv1x1(F))); D_l = SE(Y) + F.
     ``adaptive=False`` is the plain alternative D_l = Ghost(F) + F (one branch, no router, no SE).
 
     Shapes: U (B, C_up, grid), skip (B, C_skip, grid) -> (B, C_out, grid).
@@ -85,7 +86,7 @@ class AdaptiveMixBlock(nn.Module):
         if adaptive:
             self.separable = DepthwiseSeparableConv3D(out_channels, out_channels)
             self.pointwise = ConvNormAct3D(out_channels, out_channels, 1)
-            self.router = Conv3d(out_channels, 3, 1)
+            self.router = nn.Conv3d(out_channels, 3, 1)
             self.se = SqueezeExcite3D(out_channels, se_reduction)
 
     def forward(self, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -99,17 +100,18 @@ class AdaptiveMixBlock(nn.Module):
 
 
 class SegmentationHead(nn.Module):
-    """Head: Z = Conv1x1(D_1) at 1/s0, then Y = ConvTranspose3D(Z) with kernel = stride = s0.
+    """Head: Z = Conv1x1(D_0) at 1/s_0, then Y = ConvTranspose3D(Z) with kernel = stride = s_0.
 
     Returns both, since Z is also the second deep-supervision output.
 
-    Shapes: D_1 (B, C_1, D / s0_z, H / s0_y, W / s0_x) -> (Y (B, K_out, D, H, W), Z (B, K_out, grid of D_1)).
+    Shapes: D_0 (B, C_0, (D, H, W) / s_0) -> (Y (B, K_out, D, H, W), Z (B, K_out, (D, H, W) / s_0)), the division
+    per axis.
     """
 
     def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D) -> None:
         super().__init__()
-        self.logits = Conv3d(in_channels, num_classes, 1)
-        self.upsample = ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
+        self.logits = nn.Conv3d(in_channels, num_classes, 1)
+        self.upsample = nn.ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse = self.logits(x)

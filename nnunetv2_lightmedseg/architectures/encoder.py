@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .blocks import Conv3d, ConvNormAct3D, GhostConv3D, SqueezeExcite3D, Stride3D
+from .blocks import ConvNormAct3D, GhostConv3D, SqueezeExcite3D, Stride3D
 
 
 class AnchorFiLM(nn.Module):
@@ -31,16 +31,18 @@ class AnchorFiLM(nn.Module):
 
 
 class TextureRoutedStage(nn.Module):
-    """One encoder stage: Ghost projection, anchor FiLM, texture-routed processing, SE, residual.
+    """Encoder stage i: Ghost projection, anchor FiLM, texture-routed processing, SE, residual.
 
-    G = Ghost_s(E_{i-1}) (stride s does the stage's downsampling); F~ = FiLM(G, a);
+    G = Ghost_s(E_{i-1}) (E_{-1} = F', the mixed stem features; the stride s does the stage's downsampling:
+    1 for stage 0, s_i for stage i >= 1); F~ = FiLM(G, a);
     Y = T_i * Detail(F~) + (1 - T_i) * Smooth(F~), with Detail = act(norm(DWConv3x3x3)) and Smooth = Conv1x1;
     E_i = SE(Y) + F~.
     Switches: ``use_film=False`` gives F~ = G; ``use_texture_routing=False`` gives the plain Y = Detail(F~)
-    (no Smooth branch, T unused). T is the texture map resized to this stage's grid, or None for the constant
+    (no Smooth branch, T unused). T_i is the texture map resized to this stage's grid, or None for the constant
     0.5 used when the LSPM is switched off.
 
-    Shapes: E_{i-1} (B, C_in, D, H, W) -> E_i (B, C_out, D / s_z, H / s_y, W / s_x).
+    Shapes: E_{i-1} (B, C_in, D, H, W), a (B, 4K), T_i (B, 1, D / s_z, H / s_y, W / s_x) ->
+    E_i (B, C_out, D / s_z, H / s_y, W / s_x).
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: Stride3D, descriptor_size: int,
@@ -51,7 +53,7 @@ class TextureRoutedStage(nn.Module):
         self.project = GhostConv3D(in_channels, out_channels, stride=stride, ghost=ghost)
         self.film = AnchorFiLM(descriptor_size, out_channels) if use_film else None
         self.detail = ConvNormAct3D(out_channels, out_channels, 3, groups=out_channels)
-        self.smooth = Conv3d(out_channels, out_channels, 1) if use_texture_routing else None
+        self.smooth = nn.Conv3d(out_channels, out_channels, 1) if use_texture_routing else None
         self.se = SqueezeExcite3D(out_channels, se_reduction)
 
     def forward(self, x: torch.Tensor, descriptor: Optional[torch.Tensor], texture: Optional[torch.Tensor]

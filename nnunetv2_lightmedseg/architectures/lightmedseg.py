@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .blocks import Conv3d, ConvTranspose3d, GhostConv3D, Stride3D, resize_to
+from .blocks import GhostConv3D, Stride3D, resize_to
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import TextureRoutedStage
-from .graph_replay import InferenceGraphs
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 StrideLike = Union[int, Sequence[int]]
@@ -23,7 +21,8 @@ StrideLike = Union[int, Sequence[int]]
 class LightMedSegConfig:
     """Every choice that shapes a LightMedSeg network apart from its input, output and strides.
 
-    widths: (C0, C1, ..., CN): the stem width, then one width per encoder stage (N stages, N strides).
+    widths: (C_stem, C_0, ..., C_{N-1}): the stem width, then the width of each encoder stage i = 0..N-1
+    (N stages, N strides).
     The ``use_*`` switches and ``ghost`` replace each named component by its plain alternative
     (see :class:`LightMedSeg`), so that an ablation is one flag per row.
     """
@@ -96,7 +95,8 @@ def total_stride(strides: Sequence[StrideLike]) -> Stride3D:
 
 def deep_supervision_scales(strides: Sequence[StrideLike]) -> list[list[float]]:
     """Per-axis scales of LightMedSeg's deep-supervision outputs for these strides, full resolution first:
-    1, 1/s0, 1/(s0 s2), ... (one per stage), as nnU-Net's target downsampling expects them."""
+    1, 1/s_0, 1/(s_0 s_1), ..., 1/(s_0 ... s_{N-2}) (N outputs for N strides), as nnU-Net's target downsampling
+    expects them."""
     scales = [[1.0, 1.0, 1.0]]
     for n in range(1, len(strides)):
         scales.append([1.0 / t for t in total_stride(strides[:n])])
@@ -104,8 +104,8 @@ def deep_supervision_scales(strides: Sequence[StrideLike]) -> list[list[float]]:
 
 
 class LightMedSegPriors(NamedTuple):
-    """What the prior modules saw: anchors (None when switched off) and the texture map T at the stem grid
-    (B, 1, D / s0_z, H / s0_y, W / s0_x), None when the LSPM is switched off."""
+    """What the prior modules saw: the anchors S (None when switched off) and the texture map T at the stem grid,
+    (B, 1, (D, H, W) / s_0) (None when the LSPM or texture routing is switched off)."""
 
     anchors: Optional[Anchors]
     texture: Optional[torch.Tensor]
@@ -114,35 +114,42 @@ class LightMedSegPriors(NamedTuple):
 class LightMedSeg(nn.Module):
     """LightMedSeg: a 3D segmentation network guided by learned spatial anchors and a texture routing map.
 
-    Data flow (spec: shared/design/lightmedseg.md), for N stages with strides (s0, s2, ..., sN):
-      F0 = GhostConv3D_s0(X)                                   stem, at 1/s0
-      S = GlobalAnchorDetector(F0); (F0', T) = LSPM(F0)        priors
-      E_1 = Stage_1(F0'), E_i = Stage_i(E_{i-1}) (stride s_i)   FiLM(S) + texture routing by T at every stage
-      skip_l = SkipRouter(E_1..E_N)[l]                          per-voxel softmax over all encoder scales
-      D_N = E_N; U = ConvT_{s_{l+1}}(D_{l+1}) + PositionBias_l(S, U); D_l = AdaptiveMix(U, skip_l)
-      Y = ConvTranspose3D_s0(Conv1x1(D_1))                      logits at the input resolution
+    Data flow, in the order of the paper's Figure 1 (docs/design.md), for N encoder stages i = 0..N-1 and strides
+    s_0..s_{N-1}: s_0 is the stem's, stage 0 keeps the stem's grid and stage i >= 1 downsamples by s_i, so E_i lies
+    at 1/(s_0 s_1 ... s_i) of the input (per axis):
+      F = GhostConv3D_{s_0}(X)                                  stem, at 1/s_0
+      S = GlobalAnchorDetector(F); (F', T) = LSPM(F)            priors: anchors, texture map, mixed features
+      E_0 = Stage_0(F'); E_i = Stage_i(E_{i-1}), i = 1..N-1     FiLM by S and routing by T in every stage
+      skip_l = SkipRouter(E_0, ..., E_{N-1})_l, l = 0..N-2      per-voxel softmax over all encoder scales
+      D_{N-1} = E_{N-1}; for l = N-2 down to 0:                 decoder, coarsest level first
+        U_l = ConvTranspose3D_{s_{l+1}}(D_{l+1})                 upsampled to the grid of E_l
+        U_l' = U_l + gate_l(U_l) * bias_l(p - S)                 anchor position bias
+        D_l = AdaptiveMix_l(U_l', skip_l)
+      Y = ConvTranspose3D_{s_0}(Conv1x1(D_0))                   head: logits at the input resolution
+
+    Widths: ``config.widths`` = (C_stem, C_0, ..., C_{N-1}); E_i, skip_i, U_i and D_i have C_i channels.
 
     Shapes: X (B, C_in, D, H, W), each axis divisible by the product of the strides on that axis ->
-    Y (B, num_classes, D, H, W). With ``deep_supervision=True`` forward returns a list, full resolution first,
-    then Conv1x1(D_1) at 1/s0 and one 1x1 head per coarser decoder level (N outputs in all). The auxiliary
-    heads exist whatever the flag, so a state_dict loads strictly either way.
+    Y (B, num_classes, D, H, W). With ``deep_supervision=True`` forward returns the list
+    [Y, Conv1x1(D_0), Conv1x1(D_1), ..., Conv1x1(D_{N-2})] (N outputs, full resolution first, at the scales of
+    :func:`deep_supervision_scales`). The auxiliary heads exist whatever the flag, so a state_dict loads strictly
+    either way.
 
     Switches (config): ``use_anchors=False`` removes S (FiLM and position bias become identities);
-    ``use_lspm=False`` gives F0' = F0 and T = 0.5 (T is not computed either
-    when texture routing is off); ``use_film=False`` identity FiLM; ``use_texture_routing=False``
-    plain Detail branch; ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False``
-    no bias; ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
+    ``use_lspm=False`` gives F' = F and T = 0.5 (T is not computed either when texture routing is off);
+    ``use_film=False`` identity FiLM; ``use_texture_routing=False`` plain Detail branch;
+    ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False`` U_l' = U_l;
+    ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
     ``anchor_mode="mlp"`` global pool + MLP anchors.
 
-    Execution: with ``cuda_graphs=True`` (the default) an inference forward on a GPU (eval mode, autograd off) is
-    captured once per input shape and replayed as a CUDA graph (:class:`InferenceGraphs`): same kernels, same
-    outputs, without the launch cost that bounds this network's eager GPU forward. Training, the CPU,
-    torch.compile and export run the plain forward, and so does everything after a capture fails (with a warning).
+    This class is the architecture, in plain PyTorch modules. How it runs fast is switched in beside it:
+    ``nnunetv2_lightmedseg.execution.accelerate(network)`` (which nnU-Net's trainers apply) changes how some
+    operations run on the CPU and replays GPU inference from CUDA graphs, with the same parameters and state_dict
+    and the same outputs up to float rounding.
     """
 
     def __init__(self, in_channels: int, num_classes: int, strides: Optional[Sequence[StrideLike]] = None,
-                 config: LightMedSegConfig = PAPER_CONFIG, deep_supervision: bool = False,
-                 cuda_graphs: bool = True) -> None:
+                 config: LightMedSegConfig = PAPER_CONFIG, deep_supervision: bool = False) -> None:
         super().__init__()
         n = config.num_stages
         strides = [(2, 2, 2)] * n if strides is None else [_as_stride(s) for s in strides]
@@ -156,27 +163,26 @@ class LightMedSeg(nn.Module):
         self.strides: list[Stride3D] = strides
         self.config = config
         self.deep_supervision = deep_supervision
-        self.cuda_graphs = cuda_graphs
-        self.inference_graphs = InferenceGraphs()
 
-        c0, stage_widths = config.widths[0], config.widths[1:]
+        c_stem, stage_widths = config.widths[0], config.widths[1:]
         k = config.num_anchors
         use_film = config.use_anchors and config.use_film
         use_position_bias = config.use_anchors and config.use_position_bias
 
-        self.stem = GhostConv3D(in_channels, c0, stride=strides[0], ghost=config.ghost)
-        self.anchor_detector = GlobalAnchorDetector(c0, k, config.anchor_mode) if config.use_anchors else None
-        self.structural_prior = (LocalStructuralPrior(c0, texture=config.use_texture_routing) if config.use_lspm
+        self.stem = GhostConv3D(in_channels, c_stem, stride=strides[0], ghost=config.ghost)
+        self.anchor_detector = GlobalAnchorDetector(c_stem, k, config.anchor_mode) if config.use_anchors else None
+        self.structural_prior = (LocalStructuralPrior(c_stem, texture=config.use_texture_routing) if config.use_lspm
                                  else None)
         self.stages = nn.ModuleList(
             TextureRoutedStage(cin, cout, (1, 1, 1) if i == 0 else strides[i], 4 * k, use_film=use_film,
                                use_texture_routing=config.use_texture_routing, ghost=config.ghost,
                                se_reduction=config.se_reduction)
-            for i, (cin, cout) in enumerate(zip((c0,) + stage_widths[:-1], stage_widths)))
+            for i, (cin, cout) in enumerate(zip((c_stem,) + stage_widths[:-1], stage_widths)))
         self.skip_router = SkipRouter(stage_widths, config.router_width) if config.use_skip_router else None
-        # decoder level l (0-based, finest first) receives level l + 1 upsampled by that stage's stride
+        # decoder level l (finest first) receives level l + 1 upsampled by stage l + 1's stride
         self.upsample = nn.ModuleList(
-            ConvTranspose3d(stage_widths[l + 1], stage_widths[l], kernel_size=strides[l + 1], stride=strides[l + 1])
+            nn.ConvTranspose3d(stage_widths[l + 1], stage_widths[l], kernel_size=strides[l + 1],
+                               stride=strides[l + 1])
             for l in range(n - 1))
         self.position_bias = nn.ModuleList(
             AnchorPositionBias(stage_widths[l], k) for l in range(n - 1)) if use_position_bias else None
@@ -185,20 +191,19 @@ class LightMedSeg(nn.Module):
                              ghost=config.ghost, se_reduction=config.se_reduction)
             for l in range(n - 1))
         self.head = SegmentationHead(stage_widths[0], num_classes, strides[0])
-        self.auxiliary_heads = nn.ModuleList(Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
+        self.auxiliary_heads = nn.ModuleList(nn.Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
 
     @classmethod
     def from_preset(cls, name: str, in_channels: int, num_classes: int,
                     strides: Optional[Sequence[StrideLike]] = None, deep_supervision: bool = False,
-                    cuda_graphs: bool = True, **overrides: Any) -> "LightMedSeg":
+                    **overrides: Any) -> "LightMedSeg":
         """Build a registered preset; ``overrides`` replace fields of its config (switches, num_anchors, ...)."""
         config = get_preset(name)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(LightMedSegConfig)}
         if unknown:
             raise TypeError(f"Unknown LightMedSeg option(s) {sorted(unknown)}; "
                             f"valid: {[f.name for f in dataclasses.fields(LightMedSegConfig)]}")
-        return cls(in_channels, num_classes, strides, dataclasses.replace(config, **overrides), deep_supervision,
-                   cuda_graphs)
+        return cls(in_channels, num_classes, strides, dataclasses.replace(config, **overrides), deep_supervision)
 
     @property
     def total_stride(self) -> Stride3D:
@@ -229,27 +234,35 @@ class LightMedSeg(nn.Module):
                              f"coarsest level is a single voxel, which instance normalisation cannot normalise; "
                              f"use a larger patch (at least twice the total stride along one axis)")
 
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """Logits Y, or with deep supervision the list of N outputs, full resolution first (class docstring)."""
+        return self.forward_with_priors(x)[0]
+
     def forward_with_priors(self, x: torch.Tensor
                             ) -> tuple[Union[torch.Tensor, list[torch.Tensor]], LightMedSegPriors]:
-        """Like ``forward``, and also returns the anchors S and texture map T (for pictures and analysis)."""
+        """The forward, step by step as in the class docstring, also returning the anchors S and the texture map T
+        (for pictures and analysis)."""
         self.check_input(x)
+        # stem
         stem = self.stem(x)
-        anchors = self.anchor_detector(stem) if self.anchor_detector is not None else None
-        descriptor = anchors.descriptor() if anchors is not None else None
-        texture = None
-        features = stem
-        if self.structural_prior is not None:
-            features, texture = self.structural_prior(stem)
 
+        # priors: anchors S, and the LSPM's texture map T and mixed features F'
+        anchors = self.anchor_detector(stem) if self.anchor_detector is not None else None
+        features, texture = self.structural_prior(stem) if self.structural_prior is not None else (stem, None)
+
+        # encoder stages, each conditioned on S (FiLM) and routed by T resized to the stage's output grid
+        descriptor = anchors.descriptor() if anchors is not None else None
         encoder = []
         for stage in self.stages:
-            stage_texture = None
-            if texture is not None:  # T follows each stage to its grid, after that stage's stride
-                stage_texture = resize_to(texture, [f // s for f, s in zip(features.shape[2:], stage.stride)])
+            stage_texture = (None if texture is None
+                             else resize_to(texture, [f // s for f, s in zip(features.shape[2:], stage.stride)]))
             features = stage(features, descriptor, stage_texture)
             encoder.append(features)
 
+        # skip router: skip_l for decoder levels l = 0..N-2, each mixing all encoder scales
         skips = self.skip_router(encoder) if self.skip_router is not None else encoder[:-1]
+
+        # decoder, coarsest level first: upsample, anchor position bias, AdaptiveMix with the skip
         decoded = encoder[-1]
         levels = []
         for l in reversed(range(len(self.decoder))):
@@ -257,43 +270,11 @@ class LightMedSeg(nn.Module):
             if self.position_bias is not None:
                 up = self.position_bias[l](up, anchors.positions)
             decoded = self.decoder[l](up, skips[l])
-            levels.append(decoded)
-        levels.reverse()  # finest first
+            levels.insert(0, decoded)  # levels[l] = D_l, finest first
 
+        # head: logits at 1/s_0, then at the input resolution
         full, coarse = self.head(levels[0])
         priors = LightMedSegPriors(anchors, texture)
         if not self.deep_supervision:
             return full, priors
         return [full, coarse] + [head(level) for head, level in zip(self.auxiliary_heads, levels[1:])], priors
-
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
-        if self.cuda_graphs and InferenceGraphs.applies(self, x):
-            self.check_input(x)
-            try:
-                return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
-            except RuntimeError as error:  # a driver or setup that cannot capture must not stop a prediction
-                self.cuda_graphs = False
-                self.inference_graphs.clear()
-                warnings.warn(f"LightMedSeg could not replay its forward from a CUDA graph ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); it runs eagerly from now on, "
-                              "slower but with the same results. Set LIGHTMEDSEG_CUDA_GRAPHS=0 to skip the attempt.",
-                              RuntimeWarning, stacklevel=2)
-        return self.forward_eager(x)
-
-    def forward_eager(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
-        """The forward without CUDA-graph replay."""
-        return self.forward_with_priors(x)[0]
-
-    def train(self, mode: bool = True) -> "LightMedSeg":
-        if mode:  # a graph's memory pool holds one forward's activations: free it for training
-            self.inference_graphs.clear()
-        return super().train(mode)
-
-    def _apply(self, fn, recurse=True):
-        # captured graphs read the weights where they were: .to(), .half() and the like may move them (nnU-Net's
-        # predictor calls .to(device) on every case, which moves nothing)
-        before = [t.data_ptr() for t in self.state_dict().values()]
-        result = super()._apply(fn, recurse)
-        if [t.data_ptr() for t in self.state_dict().values()] != before:
-            self.inference_graphs.clear()
-        return result

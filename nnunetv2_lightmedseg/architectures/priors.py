@@ -1,4 +1,4 @@
-"""The two prior modules that read the stem features: spatial anchors S and the texture routing map T."""
+"""The two prior modules that read the stem features F: spatial anchors S and the texture routing map T."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .blocks import Conv3d, DepthwiseSeparableConv3D, activation, norm3d, normalized_grid
+from .blocks import DepthwiseSeparableConv3D, activation, norm3d, normalized_grid
 
 AnchorMode = Literal["softargmax", "mlp"]
 
@@ -28,17 +28,18 @@ class Anchors(NamedTuple):
 
 
 class GlobalAnchorDetector(nn.Module):
-    """Global Anchor Detector: K anchors from the stem features.
+    """Global Anchor Detector: K anchors k = 0..K-1 from the stem features F.
 
-    ``mode="softargmax"`` (default): heatmaps H = Conv1x1(DWSep3x3x3(F0)) with K channels; per anchor
-    P_k = softmax_p(H_k(p)) over the N voxels of the patch; S_k = sum_p P_k(p) * p, the expected normalised
-    coordinate, so S_k lies in the convex hull of the voxel centres, inside [0, 1]^3. The confidence is the
-    peak of P_k on a log scale, c_k = log(N max_p P_k(p)) / log(N): 0 for a flat map, 1 for a one-hot one.
-    Soft-argmax keeps anchors tied to the anatomy inside each random training patch.
+    ``mode="softargmax"`` (default): heatmaps H = Conv1x1(DWSep3x3x3(F)) with K channels (no bias); per anchor
+    P_k = softmax_p(H_k(p)) over the N voxels p of the patch (p its normalised voxel centre); S_k = sum_p P_k(p) p,
+    the expected coordinate, so S_k lies in the convex hull of the voxel centres, inside [0, 1]^3. The confidence
+    is the peak of P_k on a log scale, c_k = log(N max_p P_k(p)) / log(N): 0 for a flat map, 1 for a one-hot one
+    (c_k = 1 when N = 1). Soft-argmax keeps anchors tied to the anatomy inside each random training patch.
 
-    ``mode="mlp"`` (ablation): [S, c] = sigmoid(MLP(mean_p F0(p))), the "global pool + MLP regression" form.
+    ``mode="mlp"`` (ablation): [S, c] = sigmoid(MLP(mean_p F(p))), the "global pool + MLP regression" form, with
+    MLP = Linear(C, h), LeakyReLU, Linear(h, 4K), h = max(C, 4K); its first 3K outputs are S, the last K are c.
 
-    Shapes: F0 (B, C0, D, H, W) -> Anchors(positions (B, K, 3), confidence (B, K)).
+    Shapes: F (B, C, D, H, W) -> Anchors(positions (B, K, 3), confidence (B, K)).
     """
 
     def __init__(self, channels: int, num_anchors: int = 8, mode: AnchorMode = "softargmax") -> None:
@@ -50,7 +51,7 @@ class GlobalAnchorDetector(nn.Module):
         if mode == "softargmax":
             self.features = DepthwiseSeparableConv3D(channels, channels)
             # no bias: a constant per heatmap leaves its spatial softmax, and so the anchor, unchanged
-            self.heatmaps = Conv3d(channels, num_anchors, 1, bias=False)
+            self.heatmaps = nn.Conv3d(channels, num_anchors, 1, bias=False)
         else:
             hidden = max(channels, 4 * num_anchors)
             self.mlp = nn.Sequential(nn.Linear(channels, hidden), activation(), nn.Linear(hidden, 4 * num_anchors))
@@ -74,26 +75,26 @@ class GlobalAnchorDetector(nn.Module):
 
 
 class LocalStructuralPrior(nn.Module):
-    """Local Structural Prior Module (LSPM): texture map T and adaptive feature mixing of the stem features.
+    """Local Structural Prior Module (LSPM): texture map T and adaptive feature mixing of the stem features F.
 
-    Texture: M = act(norm(DWConv5x5x5(F0))) is a smoothed copy of F0; T = sigmoid(Conv1x1(|M - F0|)), high at
+    Texture: M = act(norm(DWConv5x5x5(F))) is a smoothed copy of F; T = sigmoid(Conv1x1(|M - F|)), high at
     edges and texture, low on flat tissue.
-    Mixing: w = softmax_2(Conv3x3x3(F0)) per voxel; F0' = F0 + w_1 * P_1(F0) + w_2 * P_2(F0) with pointwise
-    projections P_1, P_2. The residual keeps F0 reachable, so the mix only adds what helps.
+    Mixing: w = softmax_2(Conv3x3x3(F)) per voxel; F' = F + w_0 * P_0(F) + w_1 * P_1(F) with pointwise
+    projections P_0, P_1 (no bias). The residual keeps F reachable, so the mix only adds what helps.
 
     ``texture=False`` (texture routing switched off elsewhere) builds only the mixing and returns T = None.
 
-    Shapes: F0 (B, C0, D, H, W) -> (F0' (B, C0, D, H, W), T (B, 1, D, H, W) in [0, 1]).
+    Shapes: F (B, C, D, H, W) -> (F' (B, C, D, H, W), T (B, 1, D, H, W) in [0, 1]).
     """
 
     def __init__(self, channels: int, texture: bool = True) -> None:
         super().__init__()
         self.smooth = nn.Sequential(
-            Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation()
+            nn.Conv3d(channels, channels, 5, padding=2, groups=channels, bias=False), norm3d(channels), activation()
         ) if texture else None
-        self.texture = Conv3d(channels, 1, 1) if texture else None
-        self.gate = Conv3d(channels, 2, 3, padding=1)
-        self.projections = Conv3d(channels, 2 * channels, 1, bias=False)
+        self.texture = nn.Conv3d(channels, 1, 1) if texture else None
+        self.gate = nn.Conv3d(channels, 2, 3, padding=1)
+        self.projections = nn.Conv3d(channels, 2 * channels, 1, bias=False)
 
     def forward(self, stem_features: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         texture = None

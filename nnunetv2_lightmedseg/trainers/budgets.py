@@ -26,11 +26,16 @@ def budget_trainer_name(trainer: str, epochs: int, iterations: Optional[int] = N
     """The name of ``trainer`` trained for ``epochs`` x ``iterations`` (default nnU-Net's 250 per epoch).
 
     A name that already says that length is returned as it is (``nnUNetTrainerLightMedSeg_5epochs_30iters`` for 5
-    x 30); any other is suffixed (``nnUNetTrainerLightMedSeg`` -> ``nnUNetTrainerLightMedSeg_20epochs``).
+    x 30), a name without one is suffixed (``nnUNetTrainerLightMedSeg`` -> ``nnUNetTrainerLightMedSeg_20epochs``), and
+    a name that says another length is refused (ValueError).
     """
     iterations = iterations or DEFAULT_ITERATIONS
     match = NAME.match(trainer)
-    if match and (int(match["epochs"]), int(match["iterations"] or DEFAULT_ITERATIONS)) == (epochs, iterations):
+    if match:
+        named = (int(match["epochs"]), int(match["iterations"] or DEFAULT_ITERATIONS))
+        if named != (epochs, iterations):
+            raise ValueError(f"{trainer} trains {named[0]} epochs x {named[1]} iterations, not {epochs} x {iterations}:"
+                             f" name the trainer without its length ({match['base']}) or with this one")
         return trainer
     return f"{trainer}_{epochs}epochs" + ("" if iterations == DEFAULT_ITERATIONS else f"_{iterations}iters")
 

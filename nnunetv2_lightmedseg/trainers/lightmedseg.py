@@ -13,25 +13,31 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_scales, get_preset, total_stride
+from nnunetv2_lightmedseg.execution import accelerate
 from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
                                                   require_divisible_patch, strides_from_plan, unwrap)
+from nnunetv2_lightmedseg.trainers.recipes import RecipeTraining
 
 
-class nnUNetTrainerLightMedSeg(InputChecks, TrainingLength, nnUNetTrainer):
+class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, TrainingLength, nnUNetTrainer):
     """LightMedSeg (``paper`` preset, 0.48M parameters) in nnU-Net's pipeline, with deep supervision.
 
     Strides come from the plan (its strides after the leading (1, 1, 1), first N, padded with (1, 1, 1)), so every
-    planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s0, 1/(s0 s2), ...).
-    Optimiser and schedule are nnU-Net's (SGD, lr 1e-2, Nesterov momentum 0.99, weight decay 3e-5, poly decay,
-    1000 epochs x 250 iterations): no measurement has yet shown a reason to change them for this network.
+    planned patch fits; deep-supervision scales are the network's real output scales (1, 1/s_0, 1/(s_0 s_1), ...).
+    Training recipe ``adamwWarmup`` (``recipes.RECIPES``): AdamW, peak lr 5e-3 after a linear warm-up over the first
+    5 % of the iterations, nnU-Net's poly decay, decoupled weight decay 1e-2 on the weights only; everything else
+    nnU-Net's (loss, deep-supervision weights, clipping, augmentation, 1000 epochs x 250 iterations). nnU-Net's own
+    recipe, this trainer's default before 0.2, is ``nnUNetTrainerLightMedSeg_nnUNetSGD``; ``--c`` on a folder trained
+    with it continues with it.
 
-    Prediction on a GPU replays the network's forward from CUDA graphs (``LightMedSeg(cuda_graphs=True)``);
-    ``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead.
+    The network is built with ``execution.accelerate``: fast float32 CPU kernels, and on a GPU its inference forward
+    replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead).
 
     Variants set ``preset`` (a name in ``nnunetv2_lightmedseg.architectures.PRESETS``), ``network_options``
-    (fields of ``LightMedSegConfig``, e.g. ablation switches) or the ``TrainingLength`` attributes.
+    (fields of ``LightMedSegConfig``, e.g. ablation switches), ``recipe`` or the ``TrainingLength`` attributes.
     """
 
+    recipe: ClassVar[str] = "adamwWarmup"
     preset: ClassVar[str] = "paper"
     network_options: ClassVar[dict[str, Any]] = {}
 
@@ -49,10 +55,11 @@ class nnUNetTrainerLightMedSeg(InputChecks, TrainingLength, nnUNetTrainer):
         require_3d(configuration_manager, cls.__name__)
         strides = cls.network_strides(configuration_manager)
         require_divisible_patch(configuration_manager.patch_size, total_stride(strides), cls.__name__)
-        return LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
-                                       deep_supervision=enable_deep_supervision,
-                                       cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
-                                       not in ("0", "f", "false"), **cls.network_options)
+        network = LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
+                                          deep_supervision=enable_deep_supervision, **cls.network_options)
+        # how it runs fast, switched in beside the architecture (same state_dict, so checkpoints load strictly)
+        return accelerate(network, cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
+                          not in ("0", "f", "false"))
 
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:
@@ -70,6 +77,19 @@ class nnUNetTrainerLightMedSeg_noDS(nnUNetTrainerLightMedSeg):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
+
+
+# training recipes (see recipes.RECIPES)
+class nnUNetTrainerLightMedSeg_nnUNetSGD(nnUNetTrainerLightMedSeg):
+    """nnU-Net's recipe (SGD, Nesterov momentum 0.99, lr 1e-2, weight decay 3e-5, poly decay): the default before 0.2."""
+
+    recipe = "nnUNetSGD"
+
+
+class nnUNetTrainerLightMedSeg_adamw(nnUNetTrainerLightMedSeg):
+    """AdamW (lr 2e-3, weight decay 1e-4) with nnU-Net's poly schedule, no warm-up."""
+
+    recipe = "adamw"
 
 
 # presets: one width multiplier each (see PRESETS)
@@ -129,6 +149,10 @@ class nnUNetTrainerLightMedSeg_noGhost(nnUNetTrainerLightMedSeg):
 # training lengths, named like nnU-Net's own nnUNetTrainer_Xepochs so that comparisons pair by name
 class nnUNetTrainerLightMedSeg_5epochs(nnUNetTrainerLightMedSeg):
     epochs = 5
+
+
+class nnUNetTrainerLightMedSeg_20epochs(nnUNetTrainerLightMedSeg):
+    epochs = 20
 
 
 class nnUNetTrainerLightMedSeg_50epochs(nnUNetTrainerLightMedSeg):

@@ -1,0 +1,162 @@
+"""Replaying LightMedSeg's inference forward on a GPU from captured CUDA graphs.
+
+:class:`InferenceGraphs` captures and replays any forward; :class:`CUDAGraphLightMedSeg` is LightMedSeg with its
+inference forward replayed, and :func:`replay_cuda_graphs` switches a built network to it in place.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+from typing import Any, Callable, Hashable, Union
+
+import torch
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+from torch.utils._pytree import tree_map_only
+
+from nnunetv2_lightmedseg.architectures import LightMedSeg
+
+
+class InferenceGraphs:
+    """CUDA graphs of an inference forward, one per input signature, replayed instead of launching its kernels.
+
+    LightMedSeg's eager forward on a GPU is several hundred small kernels whose launches cost more than their work
+    (benchmarks/SPEED_NOTES.md); a graph launches them at once.
+    ``run(forward, x, variant)`` captures ``forward(x)`` on the first call for x's shape, dtype and device, the
+    autocast state, inference mode and ``variant`` (anything else the output depends on, such as deep supervision),
+    and replays it on later calls: x is copied into the graph's input, and the output comes back as a copy, so a
+    caller may keep it across calls (nnU-Net's test-time mirroring sums several outputs). At most ``max_graphs``
+    signatures are kept, the least recently used dropped first.
+
+    Weights are read from their memory at each replay, so weights loaded in place (``load_state_dict``) are used;
+    anything that moves or re-allocates them (``module.to``, ``half``) must call ``clear()``.
+
+    Why not ``torch.compile(mode="reduce-overhead")``: it compiles again in every new process, i.e. every
+    ``nnUNetv2_predict`` (benchmarks/SPEED_NOTES.md). Why not ``torch.cuda.make_graphed_callables``: it graphs the
+    backward too and needs every caller's autocast to run without its weight cache; nnUNetPredictor's autocast
+    keeps it.
+    """
+
+    def __init__(self, max_graphs: int = 2) -> None:
+        self.max_graphs = max_graphs
+        self._graphs: OrderedDict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = OrderedDict()
+
+    @staticmethod
+    def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
+        """True for a module in eval mode given a CUDA input with autograd off, outside torch.compile, tracing,
+        ONNX export and dispatch modes (FLOP counting must see the operators, which a replay does not dispatch)."""
+        return (not module.training and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
+                and not is_in_torch_dispatch_mode())
+
+    def run(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor, variant: Hashable = None) -> Any:
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
+               torch.is_inference_mode_enabled(), variant)
+        if key in self._graphs:
+            self._graphs.move_to_end(key)
+        else:
+            self._graphs[key] = self._capture(forward, x)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+        graph, static_input, static_output = self._graphs[key]
+        static_input.copy_(x)
+        graph.replay()
+        return tree_map_only(torch.Tensor, torch.clone, static_output)
+
+    def _capture(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor
+                 ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+        # the caller's autocast caches its casts of the weights; captured, those copies would be freed with the
+        # caller's autocast context and later replays would read stale memory, so the graph casts them itself
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        static_input = x.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.device(x.device), autocast:
+            # warm-up outside the graph: cuDNN's algorithm search and lazy initialisations must not be captured
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    forward(static_input)
+            torch.cuda.current_stream().wait_stream(side)
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_output = forward(static_input)
+        return graph, static_input, static_output
+
+    def clear(self) -> None:
+        self._graphs.clear()
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # graphs belong to one process and device: a copy or a pickled module starts without them
+        return {"max_graphs": self.max_graphs, "_graphs": OrderedDict()}
+
+
+class CUDAGraphLightMedSeg(LightMedSeg):
+    """LightMedSeg whose inference forward on a GPU (eval mode, autograd off) is captured once per input shape and
+    replayed as a CUDA graph (:class:`InferenceGraphs`): same kernels, same outputs, without the launch cost that
+    bounds this network's eager GPU forward.
+
+    Training, the CPU, torch.compile, tracing and ONNX export run LightMedSeg's own forward (``forward_eager``),
+    and so does everything after a capture fails (with one warning: ``cuda_graphs`` becomes False). ``train()``
+    frees the graphs (their memory pool holds one forward's activations); ``eval()`` and ``.to()`` keep them
+    unless the weights move. The graphs are no state: parameters and state_dict are LightMedSeg's, and copies and
+    pickles start without graphs.
+
+    Made by :func:`replay_cuda_graphs` from a built network, or directly like LightMedSeg
+    (``CUDAGraphLightMedSeg.from_preset(...)``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cuda_graphs = True
+        self.inference_graphs = InferenceGraphs()
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        if self.cuda_graphs and InferenceGraphs.applies(self, x):
+            self.check_input(x)
+            try:
+                return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
+            except RuntimeError as error:  # a driver or setup that cannot capture must not stop a prediction
+                self.cuda_graphs = False
+                self.inference_graphs.clear()
+                warnings.warn(f"LightMedSeg could not replay its forward from a CUDA graph ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}); it runs eagerly from now on, "
+                              "slower but with the same results. Set LIGHTMEDSEG_CUDA_GRAPHS=0 to skip the attempt.",
+                              RuntimeWarning, stacklevel=2)
+        return self.forward_eager(x)
+
+    def forward_eager(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        """LightMedSeg's own forward, never replayed."""
+        return super().forward(x)
+
+    def train(self, mode: bool = True) -> "CUDAGraphLightMedSeg":
+        if mode:  # a graph's memory pool holds one forward's activations: free it for training
+            self.inference_graphs.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        # captured graphs read the weights where they were: .to(), .half() and the like may move them (nnU-Net's
+        # predictor calls .to(device) on every case, which moves nothing)
+        before = [t.data_ptr() for t in self.state_dict().values()]
+        result = super()._apply(fn, recurse)
+        if [t.data_ptr() for t in self.state_dict().values()] != before:
+            self.inference_graphs.clear()
+        return result
+
+
+def replay_cuda_graphs(network: LightMedSeg) -> CUDAGraphLightMedSeg:
+    """Switch a built LightMedSeg to :class:`CUDAGraphLightMedSeg` in place, and return it.
+
+    Only the class and two attributes (the replay switch and an empty graph cache) change: parameters, state_dict,
+    hooks, device and mode stay those of the built network. A network that already replays is returned as it is.
+    """
+    if isinstance(network, CUDAGraphLightMedSeg):
+        return network
+    if type(network) is not LightMedSeg:
+        raise TypeError(f"replay_cuda_graphs takes a LightMedSeg, got a {type(network).__name__}")
+    network.__class__ = CUDAGraphLightMedSeg
+    network.cuda_graphs = True
+    network.inference_graphs = InferenceGraphs()
+    return network

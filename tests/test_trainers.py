@@ -1,0 +1,135 @@
+"""Trainer variants in-process on a tiny generated dataset: recipes (optimiser, warm-up, --c across recipes) and
+trainers named by their training length."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nnunetv2_lightmedseg
+from nnunetv2_lightmedseg import trainers
+from nnunetv2_lightmedseg.synthetic import make_dataset
+from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
+
+DATASET = "994"
+
+
+@pytest.fixture(scope="module")
+def planned(nnunet_env, monkeypatch_module):
+    """6 training cases of 32^3, planned and preprocessed; nnU-Net's folders in this process's environment."""
+    make_dataset(nnunet_env.raw, 994, "Recipes", num_train=6, num_test=0, shape=(32, 32, 32), seed=4)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "2")
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch_module.setenv(key, nnunet_env.env[key])
+    monkeypatch_module.setenv("nnUNet_n_proc_DA", "0")
+    nnunetv2_lightmedseg.enable()
+    return nnunet_env
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def make_trainer(name: str, fold: int = 0):
+    from nnunetv2.run.run_training import get_trainer_from_args
+    return get_trainer_from_args(DATASET, "3d_fullres", fold, name, device=torch.device("cpu"))
+
+
+def train_iterations(trainer, iterations: int = 2) -> list[float]:
+    """nnU-Net's training loop for a few iterations of one epoch; the learning rate of each."""
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    rates = []
+    try:
+        for _ in range(iterations):
+            result = trainer.train_step(next(trainer.dataloader_train))
+            assert torch.isfinite(torch.as_tensor(result["loss"]))
+            rates.append(trainer.optimizer.param_groups[0]["lr"])
+    finally:
+        trainer.on_train_end()
+    return rates
+
+
+@pytest.mark.parametrize("name, optimizer, learning_rate", [
+    ("nnUNetTrainerLightMedSeg", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+    ("nnUNetTrainerLightMedSeg_nnUNetSGD", torch.optim.SGD, 1e-2),
+    ("nnUNetTrainerLightMedSeg_adamw", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
+])
+def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
+    trainer = make_trainer(name)
+    train_iterations(trainer)
+    assert type(trainer.optimizer) is optimizer
+    assert trainer.optimizer.param_groups[0]["initial_lr"] == learning_rate
+    if name.endswith("_20epochs"):
+        assert trainer.num_epochs == 20
+
+
+def test_default_recipe_warms_up_then_decays(planned):
+    recipe = RECIPES["adamwWarmup"]
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_2epochs_10iters")
+    assert trainer.warmup_iterations == round(recipe.warmup_fraction * 2 * 10) == 1
+    rates = train_iterations(trainer, 3)
+    peak_of_epoch_0 = recipe.learning_rate  # poly decay: lr_e = lr (1 - e / E) ^ 0.9, e = 0
+    assert rates == pytest.approx([peak_of_epoch_0, peak_of_epoch_0, peak_of_epoch_0])  # W = 1: one step at lr / 1
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_20epochs")  # W = 250 of 5000 iterations
+    assert trainer.warmup_iterations == 250
+    rates = train_iterations(trainer, 3)
+    assert rates == pytest.approx([recipe.learning_rate * t / 250 for t in (1, 2, 3)])
+
+
+def test_weight_decay_spares_norms_and_biases(planned):
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_2epochs_10iters")
+    trainer.initialize()
+    decayed, kept = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == RECIPES["adamwWarmup"].weight_decay and kept["weight_decay"] == 0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in kept["params"])
+    network_parameters = list(trainer.network.parameters())
+    assert len(decayed["params"]) + len(kept["params"]) == len(network_parameters)
+
+
+def test_resume_continues_with_the_recipe_it_was_trained_with(planned):
+    """--c of a fold trained by the former default (nnU-Net's SGD) under the new default goes on with SGD."""
+    old = make_trainer("nnUNetTrainerLightMedSeg_nnUNetSGD")
+    train_iterations(old, 1)
+    checkpoint = f"{old.output_folder}/checkpoint_latest.pth"
+    old.save_checkpoint(checkpoint)
+    new = make_trainer("nnUNetTrainerLightMedSeg")
+    new.load_checkpoint(checkpoint)
+    assert type(new.optimizer) is torch.optim.SGD and new.recipe == "nnUNetSGD"
+    assert optimizer_signature(new.optimizer.state_dict()) == optimizer_signature(old.optimizer.state_dict())
+    assert "continuing it with 'nnUNetSGD'" in open(new.log_file).read()
+
+    # a checkpoint that no registered recipe made: one clear error naming the variant to use
+    state = torch.load(checkpoint, weights_only=False)
+    state["optimizer_state"]["param_groups"][0]["initial_lr"] = 0.123
+    torch.save(state, checkpoint)
+    with pytest.raises(RuntimeError, match="nnUNetTrainerLightMedSeg_nnUNetSGD"):
+        make_trainer("nnUNetTrainerLightMedSeg").load_checkpoint(checkpoint)
+
+
+def test_trainers_named_by_their_length():
+    assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg", 20) == "nnUNetTrainerLightMedSeg_20epochs"
+    assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_adamw", 10, 100) == \
+        "nnUNetTrainerLightMedSeg_adamw_10epochs_100iters"
+    assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_5epochs_30iters", 5, 30) == \
+        "nnUNetTrainerLightMedSeg_5epochs_30iters"
+    made = trainers.nnUNetTrainerLightMedSeg_adamw_10epochs_100iters
+    assert issubclass(made, trainers.nnUNetTrainerLightMedSeg_adamw) and made.recipe == "adamw"
+    assert (made.epochs, made.iterations_per_epoch, made.val_iterations_per_epoch) == (10, 100, 20)
+    assert made is trainers.nnUNetTrainerLightMedSeg_adamw_10epochs_100iters  # made once
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    assert issubclass(trainers.nnUNetTrainer_10epochs_100iters, nnUNetTrainer)
+    with pytest.raises(AttributeError):
+        trainers.nnUNetTrainerNoSuchThing_10epochs
+
+
+def test_trainer_named_by_its_length_is_found_by_nnunet(planned):
+    """nnU-Net's own lookup (training, --c, prediction) finds the class through the shim, and it trains that long."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    found = recursive_find_trainer_class_by_name("nnUNetTrainerLightMedSeg_3epochs_7iters")
+    assert found is trainers.nnUNetTrainerLightMedSeg_3epochs_7iters
+    trainer = make_trainer("nnUNetTrainerLightMedSeg_3epochs_7iters")
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch) == (3, 7)
+    assert trainer.output_folder_base.endswith("nnUNetTrainerLightMedSeg_3epochs_7iters__nnUNetPlans__3d_fullres")
