@@ -98,13 +98,14 @@ def demo_result() -> str:
         return "No demo result committed yet: run `lightmedseg demo` and copy its summary.json to demo_cpu.json.\n"
     meta, seconds = demo["metadata"], demo["seconds"]
     dice = ", ".join(f"{name.split(' (')[0]} {value:.3f}" for name, value in demo["dice"].items())
-    return (f"{meta['date'][:10]}, {meta['cpu_count']} CPUs of {meta['cpu']} (PyTorch's {meta['cpu_capability']} "
-            f"kernels), torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}, `{demo['trainer']}`: "
+    return (f"{meta['date'][:10]}, {meta['cpu_count']} CPUs of {meta['cpu']}, {meta['cpu_capability']}, "
+            f"torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}, `{demo['trainer']}`: "
             f"**mean foreground Dice {demo['mean_foreground_dice']:.3f}** on the {demo['test_cases']} held-out cases "
             f"({dice}), {demo['parameters'] / 1e6:.2f}M parameters, {demo['gflops']:.2f} GFLOPs at the "
             f"{' x '.join(map(str, demo['patch_size']))} patch, **{seconds['total']:.0f} s** in all, of which training "
             f"{seconds['train']:.0f} s, planning and preprocessing {seconds['plan_and_preprocess']:.0f} s, prediction "
-            f"{seconds['predict']:.0f} s ([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
+            f"{seconds['predict']:.0f} s; the machine's 5-minute load average at the end {meta['load_average'][1]:.1f} "
+            f"([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
 
 
 def multi_gpu_result() -> str:

@@ -117,7 +117,10 @@ def run_demo(output: str | Path = "lightmedseg_demo", epochs: int = DEFAULTS["ep
     torch_device = _torch_device(device)
     _set_environment(output)
     from nnunetv2_lightmedseg.trainers.budgets import budget_trainer_name
-    trainer_name = budget_trainer_name(trainer, epochs, iterations)
+    try:
+        trainer_name = budget_trainer_name(trainer, epochs, iterations)
+    except ValueError as error:  # a --trainer whose name says another length
+        raise SystemExit(f"lightmedseg demo: {error}") from None
     dataset_name = f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
     raw = output / "nnUNet_raw" / dataset_name
     predictions = output / "predictions"

@@ -105,6 +105,11 @@ def test_demo_rejects_too_few_cases():
     assert done.returncode == 2 and "at least 5" in done.stderr
 
 
+def test_demo_refuses_a_trainer_named_for_another_length(tmp_path):
+    done = _lightmedseg("demo", "--trainer", "nnUNetTrainerLightMedSeg_5epochs", "--output", str(tmp_path / "demo"))
+    assert done.returncode == 1 and "trains 5 epochs x 250 iterations, not 8 x 100" in done.stderr
+
+
 def test_demo_end_to_end_tiny(tmp_path):
     """The whole demo on the smallest settings: every phase runs, the trainer named by its length trains, the
     summary is complete and says where it ran."""
