@@ -53,8 +53,9 @@ def _cmd_env(args: argparse.Namespace) -> None:
 
 def _cmd_demo(args: argparse.Namespace) -> None:
     demo.run_demo(output=args.output, epochs=args.epochs, iterations=args.iterations, cases=args.cases,
-             test_cases=args.test_cases, size=args.size, device=args.device, seed=args.seed, trainer=args.trainer,
-             validation=args.validation, threads=args.threads, command=shlex.join(["lightmedseg", *args.argv]))
+                  test_cases=args.test_cases, size=args.size, device=args.device, seed=args.seed,
+                  trainer=args.trainer, validation=args.validation, threads=args.threads,
+                  command=shlex.join(["lightmedseg", *args.argv]))
 
 
 # --------------------------------------------------------------------------------------------------- deployment
