@@ -39,8 +39,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from complexity import metadata  # noqa: E402
+from common import generated_line
+from nnunetv2_lightmedseg.provenance import provenance
 
 
 def dataset_id(raw: Path) -> int:
@@ -149,8 +149,9 @@ def budget_trainers(trainers: list[str], epochs: int, iterations: Optional[int])
 def train_one(dataset: str, trainer_name: str, fold: int, epochs: int, iterations: int) -> None:
     """nnU-Net's run_training for one GPU (nnunetv2/run/run_training.py)."""
     import torch
-    import nnunetv2_lightmedseg
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    import nnunetv2_lightmedseg
     nnunetv2_lightmedseg.enable()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     trainer = get_trainer_from_args(dataset, "3d_fullres", fold, trainer_name, device=device)
@@ -191,7 +192,7 @@ def train_all(ws: Workspace, jobs: list[tuple[str, int]], gpus: int, jobs_per_gp
     running: dict[tuple[str, int], float] = {}
     failures: list[str] = []
 
-    command = metadata()["command"]
+    command = provenance()["command"]
 
     def worker(gpu: int) -> None:
         while True:
@@ -402,9 +403,8 @@ def to_markdown(table: dict[str, Any]) -> str:
     meta, classes = table["metadata"], table["classes"]
     lines = [f"# Accuracy: {meta['dataset']} ({meta['budget']['epochs']} epochs x "
              f"{meta['budget']['iterations_per_epoch']} iterations)", "",
-             f"Generated {meta['date']} on {meta['device']} by `{meta['command']}` (torch {meta['torch']}, nnunetv2 "
-             f"{meta['nnunetv2']}). Dice and HD95 (mm) per class by MONAI on nnU-Net's validation predictions of "
-             "each fold; mean +- standard deviation over folds. Do not edit: regenerate with the command above."
+             generated_line(meta, "Dice and HD95 (mm) per class by MONAI on nnU-Net's validation predictions of each "
+                                  "fold; mean +- standard deviation over folds.")
              + (" **A smoke test of the pipeline (train, validate, ensemble, score) at a token budget: not an "
                 "accuracy claim.**" if meta.get("smoke_test") else "")
              + (f" Trained on {meta['device']} (each fold's debug.json)"
@@ -432,7 +432,8 @@ def to_markdown(table: dict[str, Any]) -> str:
         lines.append(f"| {trainer} | {rows[0]['params'] / 1e6:.3f} | {'' if gflops is None else f'{gflops:.1f}'} | "
                      f"{fraction:g} | "
                      f"{','.join(str(r['fold']) for r in rows)} | {cells} | "
-                     f"{cell([r['mean_dice'] for r in rows], '.3f')} | {cell([r['seconds_per_epoch'] for r in rows], '.1f')} |")
+                     f"{cell([r['mean_dice'] for r in rows], '.3f')} | "
+                     f"{cell([r['seconds_per_epoch'] for r in rows], '.1f')} |")
     tests = [r for r in table["rows"] if r["kind"] == "test ensemble"]
     if tests:
         lines += ["", "Test set, ensemble of folds:", "", "| Trainer | Folds | " +
@@ -443,13 +444,6 @@ def to_markdown(table: dict[str, Any]) -> str:
                 f"{r[c]['dice']:.3f} | {'' if r[c]['hd95'] is None else format(r[c]['hd95'], '.1f')}"
                 for c in classes) + f" | {r['mean_dice']:.3f} |")
     return "\n".join(lines) + "\n"
-
-
-def device_name() -> str:
-    import torch
-    if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
-    return "CPU"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -520,8 +514,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.test and not (test_images.is_dir() and test_labels.is_dir()):
         parser.error(f"--test {args.test} needs the subfolders imagesTs/ and labelsTs/")
     rows = evaluate(ws, trainers, fold_numbers, test_images, test_labels, args.processes)
-    meta = metadata()
-    meta.update({"device": device_name(), "dataset": ws.name, "budget": ws.budget, "gpus": gpus,
+    meta = provenance()
+    meta.update({"dataset": ws.name, "budget": ws.budget, "gpus": gpus,
                  "jobs_per_gpu": args.jobs_per_gpu, "folds": args.folds, "train_fractions": args.train_fractions,
                  "smoke_test": args.smoke_test})
     if args.score_only:

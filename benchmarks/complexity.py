@@ -1,11 +1,9 @@
 """Complexity table: parameters, GMACs and GFLOPs of LightMedSeg presets and of the baselines at named inputs.
 
-FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real forward pass (``torch.no_grad``,
-CPU, batch 1): it counts convolutions (transposed ones included), matmuls and attention at 2 FLOPs per multiply-add
-and ignores element-wise work (norms, activations, softmax, resizing). PyTorch's counter knows the CUDA kernels of
-``scaled_dot_product_attention`` but not the CPU one, so the CPU kernel is counted with PyTorch's own SDPA formula
-(without it, Primus' attention would count 0). GMACs = GFLOPs / 2, reported beside GFLOPs because papers mix the
-two. Parameters are the sum of ``numel`` over all parameters, training-only deep-supervision heads included.
+FLOPs are counted by ``nnunetv2_lightmedseg.flops.count_flops`` (PyTorch's ``FlopCounterMode``, 2 FLOPs per
+multiply-add, element-wise work not counted) on one real forward pass on the CPU, batch 1. GMACs = GFLOPs / 2,
+reported beside GFLOPs because papers mix the two. Parameters are the sum of ``numel`` over all parameters,
+training-only deep-supervision heads included.
 
 Baselines are built exactly as training and prediction build them: from a small nnU-Net plans dict for the setting
 (written like nnU-Net's ExperimentPlanner writes 3d_fullres plans), through each trainer's own
@@ -26,23 +24,19 @@ the row is then written with empty numbers and that reason.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import shlex
-import sys
 from dataclasses import asdict, dataclass, replace
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from common import cell, generated_line
 from nnunetv2_lightmedseg.architectures import PRESETS, LightMedSeg
-from nnunetv2_lightmedseg.cli import cpu_model
+from nnunetv2_lightmedseg.flops import CONVENTION, FLOP_COUNTER, count_flops
+from nnunetv2_lightmedseg.provenance import provenance
 
 Stride3D = tuple[int, int, int]
 
@@ -137,8 +131,10 @@ def nnunet_plans(setting: InputSetting) -> dict[str, Any]:
     LeakyReLU, convolution bias."""
     try:
         from dynamic_network_architectures.architectures.unet import PlainConvUNet
-        from dynamic_network_architectures.building_blocks.helper import (convert_dim_to_conv_op,
-                                                                          get_matching_instancenorm)
+        from dynamic_network_architectures.building_blocks.helper import (
+            convert_dim_to_conv_op,
+            get_matching_instancenorm,
+        )
     except ImportError as error:
         raise NotApplicable(f"needs nnU-Net's dynamic-network-architectures: {error}") from error
     topology = _nnunet_topology(setting)
@@ -234,23 +230,11 @@ REFERENCE_ROWS: list[dict[str, Any]] = [
 ]
 
 
-def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    """FLOPs of the CPU kernel of scaled_dot_product_attention: PyTorch's formula for its CUDA kernels."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-#: FLOP formulas for ops PyTorch's counter does not know (see the module docstring).
-EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
-
-
 def measure(model: nn.Module, setting: InputSetting) -> dict[str, Any]:
     """Parameters, multiply-adds and FLOPs of one forward pass of ``model`` at ``setting`` on the CPU."""
     model = model.eval()
     params = sum(p.numel() for p in model.parameters())
-    x = torch.randn(setting.input_shape)
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=EXTRA_FLOP_FORMULAS) as counter:
-        model(x)
-    flops = int(counter.get_total_flops())
+    flops = count_flops(model, torch.randn(setting.input_shape))
     return {"params": params, "params_m": round(params / 1e6, 4), "macs": flops // 2,
             "gmacs": round(flops / 2e9, 4), "flops": flops, "gflops": round(flops / 1e9, 4)}
 
@@ -283,25 +267,9 @@ def complexity_row(name: str, builder: ModelBuilder, setting: InputSetting) -> d
 
 
 def metadata() -> dict[str, Any]:
-    """Date (UTC, ISO 8601), versions, platform and the exact command that made the table."""
-    try:
-        nnunetv2_version: Optional[str] = version("nnunetv2")
-    except PackageNotFoundError:  # the table is still useful without nnU-Net installed
-        nnunetv2_version = None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "python": platform.python_version(), "torch": torch.__version__, "nnunetv2": nnunetv2_version,
-        "platform": platform.platform(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
-        "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
-        "flop_counter": "torch.utils.flop_counter.FlopCounterMode, one forward pass under torch.no_grad on CPU "
-                        "(batch 1; the CPU scaled_dot_product_attention kernel counted with PyTorch's SDPA formula)",
-        "convention": "FLOPs = 2 x MACs (multiply-adds of convolutions and matmuls); GMACs = GFLOPs / 2",
-        "settings": [{**asdict(s), "input_shape": list(s.input_shape)} for s in SETTINGS],
-    }
-
-
-def _cell(value: Any, fmt: str) -> str:
-    return "" if value is None else format(value, fmt)
+    """Where the table was made (``provenance``), how FLOPs were counted, and the settings."""
+    return {**provenance("cpu"), "flop_counter": f"{FLOP_COUNTER}, on the CPU, batch 1", "convention": CONVENTION,
+            "settings": [{**asdict(s), "input_shape": list(s.input_shape)} for s in SETTINGS]}
 
 
 def to_markdown(table: dict[str, Any]) -> str:
@@ -310,9 +278,7 @@ def to_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Model complexity",
         "",
-        f"Generated {meta['date']} by `{meta['command']}` with torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}, "
-        f"Python {meta['python']} on {meta['platform']} ({meta['cpu']}). FLOPs counted by {meta['flop_counter']}; "
-        f"{meta['convention']}. Do not edit: regenerate with the command above.",
+        generated_line(meta, f"FLOPs counted by {meta['flop_counter']}; {meta['convention']}."),
         "",
         "| Model | Setting | Input (B x C x D x H x W) | Strides | Params (M) | GMACs | GFLOPs | Source | Note |",
         "|---|---|---|---|---:|---:|---:|---|---|",
@@ -320,8 +286,8 @@ def to_markdown(table: dict[str, Any]) -> str:
     for row in table["rows"]:
         shape = " x ".join(map(str, row["input_shape"])) if row["input_shape"] else "not stated"
         strides = " ".join("(" + ",".join(map(str, s)) + ")" for s in row["strides"]) if row["strides"] else ""
-        lines.append(f"| {row['model']} | {row['setting']} | {shape} | {strides} | {_cell(row['params_m'], '.3f')} | "
-                     f"{_cell(row['gmacs'], '.2f')} | {_cell(row['gflops'], '.2f')} | {row['source']} | "
+        lines.append(f"| {row['model']} | {row['setting']} | {shape} | {strides} | {cell(row['params_m'], '.3f')} | "
+                     f"{cell(row['gmacs'], '.2f')} | {cell(row['gflops'], '.2f')} | {row['source']} | "
                      f"{row['note']} |")
     return "\n".join(lines) + "\n"
 
@@ -336,8 +302,8 @@ def build_table(models: Optional[dict[str, ModelBuilder]] = None,
         rows += [dict(r) for r in REFERENCE_ROWS if r["setting"] == setting.name]
         for name, builder in models.items():
             row = complexity_row(name, builder, setting)
-            print(f"{row['model']:<28} {setting.name:<8} params {_cell(row['params_m'], '.3f'):>8} M  "
-                  f"GMACs {_cell(row['gmacs'], '.2f'):>8}  GFLOPs {_cell(row['gflops'], '.2f'):>8}  {row['note']}",
+            print(f"{row['model']:<28} {setting.name:<8} params {cell(row['params_m'], '.3f'):>8} M  "
+                  f"GMACs {cell(row['gmacs'], '.2f'):>8}  GFLOPs {cell(row['gflops'], '.2f'):>8}  {row['note']}",
                   flush=True)
             rows.append(row)
     return {"metadata": metadata(), "rows": rows}

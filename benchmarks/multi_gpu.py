@@ -17,17 +17,14 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import (dataset_id, device_name, epoch_times, foreground_labels, score_folder,  # noqa: E402
-                      scoring_pool, summarise)
-from complexity import metadata  # noqa: E402
+from accuracy import dataset_id, epoch_times, foreground_labels, score_folder, scoring_pool, summarise
+from nnunetv2_lightmedseg.provenance import provenance
 
 
 def start_training(env: dict, gpus: list[int], dataset: int, trainer: str, fold: int, log: Path) -> subprocess.Popen:
@@ -53,6 +50,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     import torch
+
     import nnunetv2_lightmedseg
     available = torch.cuda.device_count()
     if available < args.gpus:
@@ -104,8 +102,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     with scoring_pool(4) as pool:
         scored = score_folder(predictions, raw / "labelsTr", dataset_json, pool)
 
-    meta = metadata()
-    meta.update({"device": device_name(), "dataset": raw.name, "trainer": args.trainer, "fold": args.fold,
+    meta = provenance()
+    meta.update({"dataset": raw.name, "trainer": args.trainer, "fold": args.fold,
                  "side_by_side": side_by_side})
     table = {"metadata": meta, "runs": [runs[n] for n in sorted(runs)],
              "speedup": runs[1]["median_epoch_seconds"] / runs[args.gpus]["median_epoch_seconds"],

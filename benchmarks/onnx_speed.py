@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from importlib.metadata import version
@@ -34,12 +33,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from complexity import metadata  # noqa: E402
-from speed import median_ms  # noqa: E402
-
-import nnunetv2_lightmedseg  # noqa: E402
-from nnunetv2_lightmedseg import export  # noqa: E402
+import nnunetv2_lightmedseg
+from common import generated_line
+from nnunetv2_lightmedseg import export
+from nnunetv2_lightmedseg.provenance import provenance
+from speed import median_ms
 
 HERE = Path(__file__).resolve().parent
 PLANS, DATASET = HERE / "plans" / "Dataset027_ACDC_nnUNetPlans.json", HERE / "plans" / "Dataset027_ACDC_dataset.json"
@@ -50,9 +48,10 @@ CPU = torch.device("cpu")
 def untrained_model_folder(root: Path, trainer_name: str) -> Path:
     """An nnU-Net model folder (plans.json, dataset.json, fold_0/checkpoint_final.pth) of ``trainer_name`` on the
     ACDC plan with its initial weights, in the checkpoint format ``nnUNetTrainer.save_checkpoint`` writes."""
-    import nnunetv2_lightmedseg.trainers as trainers
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    import nnunetv2_lightmedseg.trainers as trainers
     plans, dataset = json.loads(PLANS.read_text()), json.loads(DATASET.read_text())
     plans_manager = PlansManager(plans)
     configuration = plans_manager.get_configuration("3d_fullres")
@@ -112,12 +111,11 @@ def to_markdown(table: dict[str, Any]) -> str:
     lines = [
         "# Whole-case CPU prediction: PyTorch vs ONNX Runtime",
         "",
-        f"Generated {meta['date']} by `{meta['command']}` with torch {meta['torch']}, onnxruntime "
-        f"{meta['onnxruntime']}, nnunetv2 {meta['nnunetv2']}, Python {meta['python']} on {meta['cpu']} "
-        f"({meta['threads']} threads for torch and ONNX Runtime alike). Model: {meta['model']}. Case: {meta['case']} "
-        f"(preprocessed {meta['preprocessed_shape']}, patch {meta['patch_size']}, {meta['tiles']} tile(s)). "
-        f"Median of {meta['repeats']} runs. ONNX export {meta['export_s']} s; max |logit difference| ONNX Runtime vs "
-        f"PyTorch {meta['max_abs_logit_difference']}. Do not edit: regenerate with the command above.",
+        generated_line(meta, f"onnxruntime {meta['onnxruntime']}, {meta['threads']} threads for torch and ONNX Runtime "
+                             f"alike. Model: {meta['model']}. Case: {meta['case']} (preprocessed "
+                             f"{meta['preprocessed_shape']}, patch {meta['patch_size']}, {meta['tiles']} tile(s)). "
+                             f"Median of {meta['repeats']} runs. ONNX export {meta['export_s']} s; max |logit "
+                             f"difference| ONNX Runtime vs PyTorch {meta['max_abs_logit_difference']}."),
         "",
         "| Backend | Sliding window (s) | Sliding window, mirroring x8 (s) | Whole case, file to file, mirroring (s) |",
         "|---|---:|---:|---:|",
@@ -166,9 +164,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         tiles = len(torch_predictor._internal_get_sliding_window_slicers(
             [max(s, p) for s, p in zip(data.shape[1:], configuration.patch_size)]))
 
-    meta = metadata()
+    meta = provenance("cpu")
     meta.update({
-        "device": f"CPU: {meta['cpu']}", "threads": args.threads, "repeats": args.repeats,
+        "threads": args.threads, "repeats": args.repeats,
         "onnxruntime": version("onnxruntime"), "onnx": version("onnx"),
         "model": (f"{args.model} fold {args.fold}" if args.model else
                   f"{args.trainer}, initial weights (seed 0), ACDC 3d_fullres plan; time does not depend on weights"),
@@ -176,8 +174,6 @@ def main(argv: Optional[list[str]] = None) -> None:
         "tiles": tiles, "export_s": round(export_s, 1),
         "max_abs_logit_difference": float(f"{max(summary['max_abs_logit_difference'].values()):.3g}"),
     })
-    for key in ("settings", "flop_counter", "convention"):  # complexity.py's, about FLOP counting: not used here
-        meta.pop(key, None)
     table = {"metadata": meta, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed_onnx_cpu.json").write_text(json.dumps(table, indent=2) + "\n")

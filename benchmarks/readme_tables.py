@@ -1,7 +1,9 @@
-"""Render the README's benchmark sections from the committed results in ``benchmarks/results/``.
+"""Render the README's generated parts from the committed results in ``benchmarks/results/``.
 
-Each section lies between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in README.md and is replaced as a whole, so the
-README never holds a number that is not in a results file. ``--check`` exits non-zero when README.md is stale.
+Each part lies between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in README.md and is replaced as a whole by what the
+function of that name in ``SECTIONS`` returns: tables and the sentences that carry measured numbers (where and when,
+the numbers themselves), so that the README holds no number that is not in a results file. What the tables mean is
+prose in README.md, around the markers. ``--check`` exits non-zero when README.md is stale.
 
 Usage::
 
@@ -16,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+from common import RESULTS, cell
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 LIGHTMEDSEG, REFERENCE = "LightMedSeg-paper", "nnU-Net default (PlainConvUNet)"
 
 #: The speed targets of the project (issue "Speed and memory on GPU"): (row key, label, setting, mode, bound).
@@ -30,6 +32,8 @@ GPU_TARGETS = [
     ("case_s_speedup", "whole case through nnUNetPredictor", ">=", 5.0),
     ("case_s_mirror_speedup", "whole case through nnUNetPredictor, mirrored", ">=", 5.0),
 ]
+CPU_TARGETS = [("case_s_speedup", "CPU whole ACDC case", ">=", 10.0),
+               ("case_s_mirror_speedup", "CPU whole ACDC case, mirrored", ">=", 10.0)]
 
 
 def load(name: str) -> Optional[dict[str, Any]]:
@@ -37,28 +41,11 @@ def load(name: str) -> Optional[dict[str, Any]]:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def fmt(value: Any, spec: str) -> str:
-    return "" if value is None else format(value, spec)
-
-
-def provenance(meta: dict[str, Any], file: str) -> str:
+def source(meta: dict[str, Any], file: str) -> str:
+    """Device, date, versions and a link to the results file."""
     device = meta.get("device", f"CPU: {meta.get('cpu')}")
     return (f"{device}, {meta['date'][:10]}, torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}; "
             f"[`{file}`](benchmarks/results/{file}), command in the file")
-
-
-def complexity_section() -> str:
-    table = load("complexity.json")
-    if table is None:
-        return "No complexity results yet: run `python benchmarks/complexity.py`.\n"
-    lines = [f"Measured on the CPU ({provenance(table['metadata'], 'complexity.json')}); "
-             "FLOPs = 2 x multiply-adds, one forward pass, batch 1.", "",
-             "| Model | Setting | Input (B x C x D x H x W) | Params (M) | GFLOPs |", "|---|---|---|---:|---:|"]
-    for r in table["rows"]:
-        shape = " x ".join(map(str, r["input_shape"])) if r["input_shape"] else "not stated"
-        lines.append(f"| {r['model']} | {r['setting']} | {shape} | {fmt(r['params_m'], '.3f')} | "
-                     f"{fmt(r['gflops'], '.2f')} |")
-    return "\n".join(lines) + "\n"
 
 
 def speed_rows_table(rows: list[dict[str, Any]], gpu: bool) -> list[str]:
@@ -67,13 +54,13 @@ def speed_rows_table(rows: list[dict[str, Any]], gpu: bool) -> list[str]:
             "Case (s) | x | Case, mirrored (s) | x | Note |")
     lines = [head, "|---|---|---|" + "---:|" * (head.count("|") - 5) + "---|"]
     for r in rows:
-        cells = [r["model"], f"{r['setting']} (b{r['train_batch']})", r["mode"], fmt(r.get("forward_ms"), ".2f"),
-                 fmt(r.get("forward_ms_speedup"), ".2f")]
+        cells = [r["model"], f"{r['setting']} (b{r['train_batch']})", r["mode"], cell(r.get("forward_ms"), ".2f"),
+                 cell(r.get("forward_ms_speedup"), ".2f")]
         if gpu:
-            cells += [fmt(r.get("achieved_gbps"), ".0f"), fmt(r.get("train_step_ms"), ".1f"),
-                      fmt(r.get("train_step_ms_speedup"), ".2f"), fmt(r.get("train_peak_gib"), ".2f")]
-        cells += [fmt(r.get("case_s"), ".3f"), fmt(r.get("case_s_speedup"), ".2f"),
-                  fmt(r.get("case_s_mirror"), ".3f"), fmt(r.get("case_s_mirror_speedup"), ".2f"), r.get("note", "")]
+            cells += [cell(r.get("achieved_gbps"), ".0f"), cell(r.get("train_step_ms"), ".1f"),
+                      cell(r.get("train_step_ms_speedup"), ".2f"), cell(r.get("train_peak_gib"), ".2f")]
+        cells += [cell(r.get("case_s"), ".3f"), cell(r.get("case_s_speedup"), ".2f"),
+                  cell(r.get("case_s_mirror"), ".3f"), cell(r.get("case_s_mirror_speedup"), ".2f"), r.get("note", "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -105,63 +92,109 @@ def target_lines(rows: list[dict[str, Any]], targets: list[tuple[str, str, str, 
     return lines
 
 
-def speed_section() -> str:
-    parts: list[str] = []
-    main = load("speed_nvidia-h200.json")
-    if main is not None:
-        meta = main["metadata"]
-        parts += [f"**GPU, LightMedSeg (`paper`) beside nnU-Net's default U-Net, one run on one card** "
-                  f"({provenance(meta, 'speed_nvidia-h200.json')}; {meta['precision']}). x = nnU-Net default's "
-                  "time over the row's, same setting and mode: above 1 is faster. iso128: 1 x 4 x 128^3, a BraTS-like "
-                  "plan (batch 2), whole case 4 x 155 x 240 x 240; acdc: the ACDC plan's patch 1 x 1 x 10 x 256 x 224 "
-                  "(batch 7), whole case the plan's median shape. Modes: eager; graphs, the inference forward "
-                  "replayed from CUDA graphs, which is how LightMedSeg predicts on a GPU by default (nnU-Net default "
-                  "wrapped in the same replay for this row only; training is the eager row's); compile, "
-                  "`torch.compile`, nnU-Net's default for training on CUDA; cudagraphs, `torch.compile(mode="
-                  "\"reduce-overhead\")`. Achieved: the forward's activation traffic over its time, against a "
-                  f"measured copy bandwidth of {meta['copy_bandwidth_gbps']:.0f} GB/s on this card.", ""]
-        parts += speed_rows_table(main["rows"], gpu=True)
-        parts += ["", "Against the targets:", ""] + target_lines(main["rows"], GPU_TARGETS, shipped=True)
-    others = load("speed_nvidia-h200_baselines.json")
-    if others is not None:
-        parts += ["", f"**GPU, presets and transformer baselines** (a second run, nnU-Net default measured again "
-                  f"in it: {provenance(others['metadata'], 'speed_nvidia-h200_baselines.json')}; the network as it "
-                  "was then, before its CUDA-graph prediction).", ""]
-        parts += speed_rows_table(others["rows"], gpu=True)
-    cpu = load("speed_cpu-2cores.json")
-    if cpu is not None:
-        parts += ["", f"**CPU, 2 cores** ({provenance(cpu['metadata'], 'speed_cpu-2cores.json')}; float32).", ""]
-        parts += speed_rows_table(cpu["rows"], gpu=False)
-        parts += ["", "Against the target:", ""] + target_lines(
-            [r for r in cpu["rows"] if r["setting"] == "acdc"],
-            [("case_s_speedup", "CPU whole ACDC case", ">=", 10.0),
-             ("case_s_mirror_speedup", "CPU whole ACDC case, mirrored", ">=", 10.0)])
-    onnx = load("speed_onnx_cpu.json")
-    if onnx is not None:
-        meta = onnx["metadata"]
-        parts += ["", f"**CPU, PyTorch against ONNX Runtime** for LightMedSeg (`lightmedseg predict-onnx`; "
-                  f"{provenance(meta, 'speed_onnx_cpu.json')}; {meta['threads']} threads, case {meta['case']}, "
-                  f"{meta['tiles']} tiles; max abs logit difference {meta['max_abs_logit_difference']:.1e}).", "",
-                  "| Backend | Sliding window (s) | Mirrored (s) | Whole case, file to file (s) |",
-                  "|---|---:|---:|---:|"]
-        parts += [f"| {r['backend']} | {r['sliding_window_s']:.2f} | {r['sliding_window_tta_s']:.2f} | "
-                  f"{r['whole_case_s']:.2f} |" for r in onnx["rows"]]
-    if not parts:
-        return "No speed results yet: run `python benchmarks/speed.py`.\n"
-    return "\n".join(parts) + "\n"
+def demo_result() -> str:
+    demo = load("demo_cpu.json")
+    if demo is None:
+        return "No demo result committed yet: run `lightmedseg demo` and copy its summary.json to demo_cpu.json.\n"
+    meta, seconds = demo["metadata"], demo["seconds"]
+    dice = ", ".join(f"{name.split(' (')[0]} {value:.3f}" for name, value in demo["dice"].items())
+    return (f"{meta['date'][:10]}, {meta['cpu_count']} CPUs of {meta['cpu']}, {meta['cpu_capability']}, "
+            f"torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}, `{demo['trainer']}`: "
+            f"**mean foreground Dice {demo['mean_foreground_dice']:.3f}** on the {demo['test_cases']} held-out cases "
+            f"({dice}), {demo['parameters'] / 1e6:.2f}M parameters, {demo['gflops']:.2f} GFLOPs at the "
+            f"{' x '.join(map(str, demo['patch_size']))} patch, **{seconds['total']:.0f} s** in all, of which training "
+            f"{seconds['train']:.0f} s, planning and preprocessing {seconds['plan_and_preprocess']:.0f} s, prediction "
+            f"{seconds['predict']:.0f} s; the machine's 5-minute load average at the end {meta['load_average'][1]:.1f} "
+            f"([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
 
 
-def accuracy_section() -> str:
+def multi_gpu_result() -> str:
+    table = load("multi_gpu_acdc.json")
+    if table is None:
+        return "Not yet run on a machine of several GPUs: `benchmarks/multi_gpu.py` measures it.\n"
+    meta, runs = table["metadata"], {run["gpus"]: run for run in table["runs"]}
+    one, many = runs[1], runs[max(runs)]
+    prediction = table["prediction"]
+    return (f"Measured {meta['date'][:10]} on {meta['device']} (torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}), "
+            f"`{meta['trainer']}` on {meta['dataset']} fold {meta['fold']} "
+            f"({'side by side on other GPUs of the host' if meta['side_by_side'] else 'one after the other'}): "
+            f"median epoch {many['median_epoch_seconds']:.1f} s on {many['gpus']} GPUs against "
+            f"{one['median_epoch_seconds']:.1f} s on one, a speed-up of **{table['speedup']:.2f}x**; nnU-Net's "
+            f"validation mean Dice {many['validation_mean_dice_nnunet']:.3f} ({many['gpus']} GPUs) and "
+            f"{one['validation_mean_dice_nnunet']:.3f} (one); `nnUNetv2_predict` with the {many['gpus']}-GPU model on "
+            f"{len(prediction['cases'])} validation cases, mean Dice {prediction['mean_dice']:.3f} "
+            f"([`benchmarks/results/multi_gpu_acdc.json`](benchmarks/results/multi_gpu_acdc.json), "
+            f"`python benchmarks/multi_gpu.py`).\n")
+
+
+def complexity_table() -> str:
+    table = load("complexity.json")
+    if table is None:
+        return "No complexity results yet: run `python benchmarks/complexity.py`.\n"
+    lines = [f"Measured on {source(table['metadata'], 'complexity.json')}.", "",
+             "| Model | Setting | Input (B x C x D x H x W) | Params (M) | GFLOPs |", "|---|---|---|---:|---:|"]
+    for r in table["rows"]:
+        shape = " x ".join(map(str, r["input_shape"])) if r["input_shape"] else "not stated"
+        lines.append(f"| {r['model']} | {r['setting']} | {shape} | {cell(r['params_m'], '.3f')} | "
+                     f"{cell(r['gflops'], '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed_gpu_table() -> str:
+    table = load("speed_nvidia-h200.json")
+    if table is None:
+        return "No GPU speed results yet: run `python benchmarks/speed.py` on a GPU.\n"
+    meta = table["metadata"]
+    lines = [f"Measured on {source(meta, 'speed_nvidia-h200.json')}; {meta['precision']}; copy bandwidth "
+             f"{meta['copy_bandwidth_gbps']:.0f} GB/s.", ""]
+    lines += speed_rows_table(table["rows"], gpu=True)
+    lines += ["", "Against the targets:", ""] + target_lines(table["rows"], GPU_TARGETS, shipped=True)
+    return "\n".join(lines) + "\n"
+
+
+def speed_gpu_baselines_table() -> str:
+    table = load("speed_nvidia-h200_baselines.json")
+    if table is None:
+        return "No GPU speed results of the baselines yet.\n"
+    lines = [f"Measured on {source(table['metadata'], 'speed_nvidia-h200_baselines.json')}.", ""]
+    return "\n".join(lines + speed_rows_table(table["rows"], gpu=True)) + "\n"
+
+
+def speed_cpu_table() -> str:
+    table = load("speed_cpu-2cores.json")
+    if table is None:
+        return "No CPU speed results yet: run `python benchmarks/speed.py --tag cpu-2cores` on 2 cores.\n"
+    lines = [f"Measured on {source(table['metadata'], 'speed_cpu-2cores.json')}; float32.", ""]
+    lines += speed_rows_table(table["rows"], gpu=False)
+    lines += ["", "Against the target:", ""]
+    lines += target_lines([r for r in table["rows"] if r["setting"] == "acdc"], CPU_TARGETS)
+    return "\n".join(lines) + "\n"
+
+
+def speed_onnx_table() -> str:
+    table = load("speed_onnx_cpu.json")
+    if table is None:
+        return "No ONNX Runtime results yet: run `python benchmarks/onnx_speed.py`.\n"
+    meta = table["metadata"]
+    lines = [f"Measured on {source(meta, 'speed_onnx_cpu.json')}; {meta['threads']} threads, case {meta['case']}, "
+             f"{meta['tiles']} tiles; max abs logit difference {meta['max_abs_logit_difference']:.1e}.", "",
+             "| Backend | Sliding window (s) | Mirrored (s) | Whole case, file to file (s) |", "|---|---:|---:|---:|"]
+    lines += [f"| {r['backend']} | {r['sliding_window_s']:.2f} | {r['sliding_window_tta_s']:.2f} | "
+              f"{r['whole_case_s']:.2f} |" for r in table["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_tables() -> str:
+    """One part per ``accuracy_NAME.json``: a heading, the table ``accuracy.py`` wrote beside it, its budget."""
     files = sorted(RESULTS.glob("accuracy_*.json"))
     if not files:
         return ("No accuracy results are committed yet: `benchmarks/accuracy.py` (see its `--help`) trains and "
                 "scores them; `benchmarks/device/acdc_session.sh` is the run planned for one GPU.\n")
     parts = []
-    tables = {file.stem.removeprefix("accuracy_"): json.loads(file.read_text()) for file in files}
-    for name, table in tables.items():
+    for file in files:
+        table, name = json.loads(file.read_text()), file.stem.removeprefix("accuracy_")
         meta = table["metadata"]
         budget = meta["budget"]
-        iterations = budget["epochs"] * budget["iterations_per_epoch"]
         body = (RESULTS / f"accuracy_{name}.md").read_text().split("\n", 1)[1]  # below accuracy.py's title
         parts.append(f"#### `{name}`: {meta['dataset']}, {budget['epochs']} epochs x {budget['iterations_per_epoch']} "
                      f"iterations\n\n{body.strip()}")
@@ -170,18 +203,17 @@ def accuracy_section() -> str:
             if tested:
                 parts.append(f"Test folder (held out from every fold): {', '.join(tested)}.")
             continue
-        parts.append(f"Budget {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations = {iterations:,} "
-                     f"iterations per training (nnU-Net's default is 1000 x 250 = 250,000): a comparison at a short, "
-                     f"equal budget, not of converged networks. {meta['jobs_per_gpu']} trainings of this table ran at "
-                     f"once on each GPU, beside the other jobs of its session (benchmarks/device/acdc_session.sh), "
-                     f"so s / epoch compares the rows of this table only."
+        parts.append(f"Budget {budget['epochs']} x {budget['iterations_per_epoch']} = "
+                     f"{budget['epochs'] * budget['iterations_per_epoch']:,} iterations per training; "
+                     f"{meta['jobs_per_gpu']} trainings of this table at once on each GPU."
                      + (f" Note: {meta['params_recounted']}." if "params_recounted" in meta else ""))
-    repeats = run_to_run(tables)
-    if repeats:
-        parts.append(repeats)
-    if (RESULTS / "accuracy_vs_cost.png").is_file():  # made by benchmarks/plots.py from the same files
-        parts.append("![Mean Dice against parameters and GFLOPs](benchmarks/results/accuracy_vs_cost.png)")
     return "\n\n".join(parts) + "\n"
+
+
+def accuracy_run_to_run() -> str:
+    tables = {file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
+              for file in sorted(RESULTS.glob("accuracy_*.json"))}
+    return (run_to_run(tables) or "No training is repeated in the committed tables yet.") + "\n"
 
 
 def run_to_run(tables: dict[str, dict[str, Any]]) -> str:
@@ -206,11 +238,10 @@ def run_to_run(tables: dict[str, dict[str, Any]]) -> str:
     if not repeated:
         return ""
     return ("**Run to run**: the same trainer, fold and budget, trained again in another run, scored mean Dice "
-            + "; ".join(repeated) + ". A difference between two single-fold rows smaller than that spread is not "
-            "evidence of a difference between the networks.")
+            + "; ".join(repeated) + ".")
 
 
-def stability_section() -> str:
+def stability_table() -> str:
     files = sorted(RESULTS.glob("stability_*.json"))
     if not files:
         return "No stability results yet: run `python benchmarks/stability.py` on a GPU.\n"
@@ -223,51 +254,18 @@ def stability_section() -> str:
             shape = f"{run['batch_size']} x {' x '.join(map(str, run['patch_size']))}"
             lines.append(f"| {run['dtype']} | {table['metadata']['device']} | {run['iterations']} ({shape}) | "
                          f"{run['nonfinite_loss']} | {run['nonfinite_grad_applied']} | "
-                         f"{fmt(run['fp16_overflow_steps_skipped_by_scaler'], 'd')} | "
-                         f"{fmt(run['final_grad_scale'], '.0f')} | {run['weights_finite_at_end']} | "
+                         f"{cell(run['fp16_overflow_steps_skipped_by_scaler'], 'd')} | "
+                         f"{cell(run['final_grad_scale'], '.0f')} | {run['weights_finite_at_end']} | "
                          f"{run['seconds_per_iteration']:.3f} | [{file.name}](benchmarks/results/{file.name}) |")
     return "\n".join(lines) + "\n"
 
 
-def demo_section() -> str:
-    demo = load("demo_cpu.json")
-    if demo is None:
-        return "No demo result committed yet: run `lightmedseg demo` and copy its summary.json to demo_cpu.json.\n"
-    machine, seconds = demo["machine"], demo["seconds"]
-    dice = ", ".join(f"{name.split(' (')[0]} {value:.3f}" for name, value in demo["dice"].items())
-    return (f"{demo['date'][:10]}, {machine['cpu_count']}-core {machine['cpu']}, torch {machine['torch']}, "
-            f"nnunetv2 {demo['versions']['nnunetv2']}: **mean foreground Dice {demo['mean_foreground_dice']:.3f}** on "
-            f"the {demo['test_cases']} held-out cases ({dice}), {demo['parameters'] / 1e6:.2f}M parameters, "
-            f"{demo['gflops']:.2f} GFLOPs at the {' x '.join(map(str, demo['patch_size']))} patch, "
-            f"**{seconds['total']:.0f} s** "
-            f"in all, of which training {seconds['train']:.0f} s, planning and preprocessing "
-            f"{seconds['plan_and_preprocess']:.0f} s, prediction {seconds['predict']:.0f} s "
-            f"([`benchmarks/results/demo_cpu.json`](benchmarks/results/demo_cpu.json)).\n")
-
-
-def multi_gpu_section() -> str:
-    table = load("multi_gpu_acdc.json")
-    if table is None:
-        return "Not yet run on a machine of several GPUs: `benchmarks/multi_gpu.py` measures it.\n"
-    meta, runs = table["metadata"], {run["gpus"]: run for run in table["runs"]}
-    one, many = runs[1], runs[max(runs)]
-    prediction = table["prediction"]
-    return (f"Measured {meta['date'][:10]} on {meta['device']} (torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}), "
-            f"`{meta['trainer']}` on {meta['dataset']} fold {meta['fold']} "
-            f"({'side by side on other GPUs of the host' if meta['side_by_side'] else 'one after the other'}): "
-            f"median epoch {many['median_epoch_seconds']:.1f} s on {many['gpus']} GPUs against "
-            f"{one['median_epoch_seconds']:.1f} s on one, a speed-up of **{table['speedup']:.2f}x**; nnU-Net's validation "
-            f"mean Dice {many['validation_mean_dice_nnunet']:.3f} ({many['gpus']} GPUs) and "
-            f"{one['validation_mean_dice_nnunet']:.3f} (one); `nnUNetv2_predict` with the {many['gpus']}-GPU model on "
-            f"{len(prediction['cases'])} validation cases, mean Dice {prediction['mean_dice']:.3f} "
-            f"([`benchmarks/results/multi_gpu_acdc.json`](benchmarks/results/multi_gpu_acdc.json), "
-            f"`python benchmarks/multi_gpu.py`).\n")
-
-
+#: README marker name -> the function that renders what stands between its markers, in README order.
 SECTIONS: dict[str, Callable[[], str]] = {
-    "demo-result": demo_section, "multi-gpu-result": multi_gpu_section,
-    "complexity-table": complexity_section, "speed-table": speed_section, "accuracy-table": accuracy_section,
-    "stability-table": stability_section,
+    "multi-gpu-result": multi_gpu_result, "demo-result": demo_result, "complexity-table": complexity_table,
+    "speed-gpu-table": speed_gpu_table, "speed-gpu-baselines-table": speed_gpu_baselines_table,
+    "speed-cpu-table": speed_cpu_table, "speed-onnx-table": speed_onnx_table, "accuracy-tables": accuracy_tables,
+    "accuracy-run-to-run": accuracy_run_to_run, "stability-table": stability_table,
 }
 
 

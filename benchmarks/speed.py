@@ -28,21 +28,22 @@ import argparse
 import json
 import re
 import statistics
-import sys
 import time
 from contextlib import nullcontext
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from complexity import MODELS, SETTINGS, InputSetting, NotApplicable, build, metadata  # noqa: E402
-
-from nnunetv2_lightmedseg.architectures import LightMedSeg  # noqa: E402
-from nnunetv2_lightmedseg.execution import InferenceGraphs, accelerate, replay_cuda_graphs  # noqa: E402
-from nnunetv2_lightmedseg.trainers.common import unwrap  # noqa: E402
+from common import cell, generated_line
+from complexity import MODELS, SETTINGS, InputSetting, NotApplicable, build
+from nnunetv2_lightmedseg.architectures import LightMedSeg
+from nnunetv2_lightmedseg.execution import InferenceGraphs, accelerate, replay_cuda_graphs
+from nnunetv2_lightmedseg.provenance import provenance
+from nnunetv2_lightmedseg.trainers.common import unwrap
 
 PLANS = Path(__file__).resolve().parent / "plans"
 #: nnU-Net's batch size for each setting's plan: BraTS at 128^3 plans 2, the ACDC plan 7.
@@ -134,7 +135,7 @@ def copy_bandwidth_gbps(device: torch.device) -> Optional[float]:
         return None
     src = torch.empty(2 ** 30, dtype=torch.uint8, device=device).random_(0, 255)
     dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), device, warmup=3, repeats=20)
+    ms = median_ms(partial(dst.copy_, src), device, warmup=3, repeats=20)  # partial: src and dst are deleted below
     del src, dst
     return round(2 * 2 ** 30 / (ms * 1e-3) / 1e9, 1)
 
@@ -271,7 +272,7 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     if args.profile and mode == "eager":
         print(f"--- profile: {name} at {setting.name}\n{profile_forward(model, x, device)}", flush=True)
     with torch.inference_mode(), autocast(device):
-        row["forward_ms"] = round(median_ms(lambda: runnable(x), device, warmup=10 if gpu else 1,
+        row["forward_ms"] = round(median_ms(partial(runnable, x), device, warmup=10 if gpu else 1,
                                             repeats=50 if gpu else 5), 3)
     row["achieved_gbps"] = round(row["activation_gb"] / (row["forward_ms"] * 1e-3), 1)
     if args.throughput:
@@ -311,20 +312,13 @@ def add_speedups(rows: list[dict[str, Any]]) -> None:
             row["train_peak_ratio"] = round(row["train_peak_gib"] / ref["train_peak_gib"], 3)
 
 
-def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
-    value = row.get(key)
-    return "" if value is None else format(value, fmt)
-
-
 def to_markdown(table: dict[str, Any]) -> str:
     meta = table["metadata"]
     lines = [
         f"# Speed and memory: {meta['device']}",
         "",
-        f"Generated {meta['date']} by `{meta['command']}` with torch {meta['torch']}, nnunetv2 {meta['nnunetv2']}, "
-        f"Python {meta['python']}; {meta['precision']}. Speed-ups are nnU-Net default's time over the row's, same "
-        f"setting, mode and run. Copy bandwidth of the card: {meta.get('copy_bandwidth_gbps')} GB/s. "
-        "Do not edit: regenerate with the command above.",
+        generated_line(meta, f"{meta['precision']}. Speed-ups are nnU-Net default's time over the row's, same setting, "
+                             f"mode and run. Copy bandwidth of the card: {meta.get('copy_bandwidth_gbps')} GB/s."),
         "",
         "| Model | Setting | Mode | Params (M) | Fwd b1 (ms) | x | Train step (ms) | x | Train peak (GiB) | "
         "Case (s) | x | Case, mirrored (s) | x | Activations (GB) | Achieved (GB/s) | Note |",
@@ -332,12 +326,13 @@ def to_markdown(table: dict[str, Any]) -> str:
     ]
     for r in table["rows"]:
         lines.append(
-            f"| {r['model']} | {r['setting']} (b{r['train_batch']}) | {r['mode']} | {_cell(r, 'params_m', '.3f')} | "
-            f"{_cell(r, 'forward_ms', '.2f')} | {_cell(r, 'forward_ms_speedup', '.1f')} | "
-            f"{_cell(r, 'train_step_ms', '.1f')} | {_cell(r, 'train_step_ms_speedup', '.1f')} | "
-            f"{_cell(r, 'train_peak_gib', '.2f')} | {_cell(r, 'case_s', '.2f')} | {_cell(r, 'case_s_speedup', '.1f')} | "
-            f"{_cell(r, 'case_s_mirror', '.2f')} | {_cell(r, 'case_s_mirror_speedup', '.1f')} | "
-            f"{_cell(r, 'activation_gb', '.2f')} | {_cell(r, 'achieved_gbps', '.0f')} | {r.get('note', '')} |")
+            f"| {r['model']} | {r['setting']} (b{r['train_batch']}) | {r['mode']} | {cell(r.get('params_m'), '.3f')} | "
+            f"{cell(r.get('forward_ms'), '.2f')} | {cell(r.get('forward_ms_speedup'), '.1f')} | "
+            f"{cell(r.get('train_step_ms'), '.1f')} | {cell(r.get('train_step_ms_speedup'), '.1f')} | "
+            f"{cell(r.get('train_peak_gib'), '.2f')} | {cell(r.get('case_s'), '.2f')} | "
+            f"{cell(r.get('case_s_speedup'), '.1f')} | "
+            f"{cell(r.get('case_s_mirror'), '.2f')} | {cell(r.get('case_s_mirror_speedup'), '.1f')} | "
+            f"{cell(r.get('activation_gb'), '.2f')} | {cell(r.get('achieved_gbps'), '.0f')} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -370,9 +365,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     unknown = set(args.models) - set(MODELS)
     if unknown:
         parser.error(f"unknown models {sorted(unknown)}; known: {list(MODELS)}")
-    meta = metadata()
+    meta = provenance(device)
     meta.update({
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU: {meta['cpu']}",
+        "settings": [{**asdict(s), "input_shape": list(s.input_shape)} for s in SETTINGS if s.name in args.settings],
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
         "precision": "bf16 autocast for forward and training step; nnUNetPredictor's own autocast for cases"
                      if device.type == "cuda" else "float32",

@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from complexity import metadata  # noqa: E402
+from nnunetv2_lightmedseg.provenance import provenance
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -31,8 +29,9 @@ def run_stability(dataset: str, trainer_name: str, dtype: str, iterations: int, 
                   configuration: str = "3d_fullres", log_every: int = 100, save_checkpoint: bool = False
                   ) -> dict[str, Any]:
     """Train ``iterations`` steps under autocast ``dtype`` and count non-finite losses and gradients."""
-    import nnunetv2_lightmedseg
     from nnunetv2.run.run_training import get_trainer_from_args
+
+    import nnunetv2_lightmedseg
     nnunetv2_lightmedseg.enable()
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, device=torch.device("cuda"))
     trainer.num_epochs = math.ceil(iterations / trainer.num_iterations_per_epoch)
@@ -102,8 +101,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="write checkpoint_final.pth into the trainer's output folder at the end")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "stability.json")
     args = parser.parse_args(argv)
-    meta = metadata()
-    meta["device"] = torch.cuda.get_device_name()
+    meta = provenance("cuda")
     runs = [run_stability(args.dataset, args.trainer, dtype, args.iterations, args.fold,
                           save_checkpoint=args.save_checkpoint) for dtype in args.dtypes]
     args.out.parent.mkdir(parents=True, exist_ok=True)

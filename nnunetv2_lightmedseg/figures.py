@@ -227,6 +227,7 @@ def anchor_figure(model_folder: Union[str, Path], fold: Union[int, str], images:
     """Row 1: three orthogonal slices through the centre of the network's input with the K anchors projected onto
     them (numbered markers); row 2: the texture map T (upsampled to the image grid) over the same slices."""
     from matplotlib import colormaps
+
     from nnunetv2_lightmedseg.export import load_predictor, predictor_network, total_stride
     predictor = load_predictor(model_folder, [fold], checkpoint)
     configuration = predictor.configuration_manager

@@ -1,17 +1,22 @@
-"""Shared fixtures: nnU-Net folders on tiny generated datasets, and the real nnU-Net commands in subprocesses."""
+"""Shared fixtures: nnU-Net folders on tiny generated datasets, the real nnU-Net commands in subprocesses, one
+torch thread; and the benchmark scripts importable as modules (``import complexity``), as they import each other."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 import nnunetv2_lightmedseg
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 class NnUNetEnv:
@@ -67,3 +72,13 @@ def shared_dataset():
             pytest.skip(f"{folder} is absent: real-data checks need the ../shared folder beside the repository")
         return folder
     return get
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module's tests: on a shared, busy CPU, OpenMP threads spinning at barriers make
+    tiny 3D convolutions many times slower; one thread is as fast when idle and steady when busy."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from nnunetv2_lightmedseg.synthetic import make_dataset
@@ -38,6 +39,7 @@ def _dataset_with(nnunet_env, dataset_id: int, name: str, value: float):
     return folder
 
 
+@pytest.mark.nnunet_behaviour
 def test_nan_in_images_stops_nnunet_preprocessing_with_its_message(nnunet_env):
     _dataset_with(nnunet_env, 981, "NaN", np.nan)
     for extra in (["--verify_dataset_integrity"], []):
@@ -78,6 +80,7 @@ def test_label_absent_from_every_case_trains_and_predicts(nnunet_env, tmp_path):
     assert len(list(out.glob("*.nii.gz"))) == 1
 
 
+@pytest.mark.nnunet_behaviour
 def test_extra_channel_files_at_training_are_named_by_nnunet_verification(nnunet_env):
     """dataset.json names one channel but every case has two image files. nnU-Net's preprocessing alone would stop
     with an IndexError; its --verify_dataset_integrity (which the README's workflow runs) says what is wrong."""

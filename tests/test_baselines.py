@@ -116,8 +116,8 @@ def test_2d_configuration_gives_one_clear_error():
 
 
 def test_variants_match_lightmedseg_and_nnunet_names():
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     attrs = ("epochs", "iterations_per_epoch", "val_iterations_per_epoch", "checkpoint_every")
     for suffix in ("2epochs_10iters", "5epochs", "50epochs", "100epochs", "250epochs"):
         reference = getattr(trainers, f"nnUNetTrainerLightMedSeg_{suffix}")
@@ -191,14 +191,9 @@ def test_trainer_rounds_patch_and_network_trains_at_it(planned, monkeypatch, tra
 def test_committed_complexity_table_has_the_baselines_at_their_training_patch():
     """benchmarks/results/complexity.json: every baseline measured on both settings, at the patch its trainer
     trains on (ACDC's [10, 256, 224] rounded), with the parameters of the network its trainer builds."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "complexity.py"
-    spec = importlib.util.spec_from_file_location("lightmedseg_complexity_baselines", path)
-    complexity = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = complexity  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(complexity)
-    table = json.loads((path.parent / "results" / "complexity.json").read_text())
+    import complexity
+    from common import RESULTS
+    table = json.loads((RESULTS / "complexity.json").read_text())
     rows = {(r["model"], r["setting"]): r for r in table["rows"]}
     acdc_patch = {"nnU-Net default (PlainConvUNet)": [10, 256, 224], "UNETR (MONAI)": [16, 256, 224],
                   "SwinUNETR (MONAI, feature 48)": [32, 256, 224], "Primus V3-S (nnU-Net)": [8, 256, 224]}

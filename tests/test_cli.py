@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import nnunetv2_lightmedseg
-from nnunetv2_lightmedseg import cli
+from nnunetv2_lightmedseg import cli, demo
 
 NNUNET_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")
 
@@ -22,10 +23,10 @@ def _clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def _lightmedseg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def _lightmedseg(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The command as a user runs it (through ``python -m`` so that no PATH set-up is needed)."""
     return subprocess.run([sys.executable, "-m", "nnunetv2_lightmedseg.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=timeout)
 
 
 def _eval_in_bash(script_output: str, env: dict[str, str], cwd: Path) -> dict[str, str]:
@@ -75,7 +76,7 @@ def test_env_lines_only_exports_and_mkdir():
     assert lines[1:4] == ["export nnUNet_raw=/data/nnUNet_raw", "export nnUNet_preprocessed=/data/nnUNet_preprocessed",
                           "export nnUNet_results=/data/nnUNet_results"]
     assert lines[4].startswith("mkdir -p ")
-    set_already = {name: "/x" for name in cli.NNUNET_FOLDERS}
+    set_already = {name: "/x" for name in demo.NNUNET_FOLDERS}
     assert len(cli.env_lines("/data", environ=set_already)) == 1
 
 
@@ -104,19 +105,30 @@ def test_demo_rejects_too_few_cases():
     assert done.returncode == 2 and "at least 5" in done.stderr
 
 
+def test_demo_refuses_a_trainer_named_for_another_length(tmp_path):
+    done = _lightmedseg("demo", "--trainer", "nnUNetTrainerLightMedSeg_5epochs", "--output", str(tmp_path / "demo"))
+    assert done.returncode == 1 and "trains 5 epochs x 250 iterations, not 8 x 100" in done.stderr
+
+
 def test_demo_end_to_end_tiny(tmp_path):
-    """The whole demo on the smallest settings: every phase runs, the summary is complete."""
+    """The whole demo on the smallest settings: every phase runs, the trainer named by its length trains, the
+    summary is complete and says where it ran."""
     env = _clean_env(nnUNet_n_proc_DA="0")  # also checks that the demo's planning survives this setting
     out = tmp_path / "demo"
-    done = _lightmedseg("demo", "--output", str(out), "--epochs", "1", "--iterations", "2", "--val-iterations", "1",
-                        "--cases", "5", "--test-cases", "1", "--size", "32", "--device", "cpu", env=env)
+    done = _lightmedseg("demo", "--output", str(out), "--epochs", "2", "--iterations", "2", "--cases", "5",
+                        "--test-cases", "1", "--size", "32", "--device", "cpu", env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["trainer"] == "nnUNetTrainerLightMedSeg"
+    trainer = "nnUNetTrainerLightMedSeg_2epochs_2iters"
+    assert summary["trainer"] == trainer and summary["val_iterations_per_epoch"] == 1
     assert set(summary["dice"]) == {"core (1)", "wall (2)", "tube (3)"}
-    assert 0.0 <= summary["mean_foreground_dice"] <= 1.0
+    assert summary["mean_foreground_dice"] == pytest.approx(sum(summary["dice"].values()) / 3)
     assert summary["parameters"] > 0 and summary["gflops"] > 0
     assert set(summary["seconds"]) == {"dataset", "plan_and_preprocess", "train", "predict", "evaluate", "total"}
+    assert {"date", "command", "cpu", "cpu_count", "cpu_capability", "torch", "nnunetv2"} <= set(summary["metadata"])
+    assert summary["metadata"]["command"].startswith("lightmedseg demo --output")
+    assert "epoch 1/2 done, about" in done.stdout and "epoch 2/2 done" in done.stdout
     assert "mean foreground" in done.stdout
-    assert (out / "nnUNet_results" / summary["dataset"] / "nnUNetTrainerLightMedSeg__nnUNetPlans__3d_fullres" /
-            "fold_0" / "checkpoint_final.pth").is_file()
+    fold = out / "nnUNet_results" / summary["dataset"] / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert checkpoint["trainer_name"] == trainer and checkpoint["current_epoch"] == 2

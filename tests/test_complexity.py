@@ -1,43 +1,20 @@
 """benchmarks/complexity.py: a row's numbers are consistent, and the committed table covers every preset."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
 
+import complexity
+from common import RESULTS
 from nnunetv2_lightmedseg.architectures import PRESETS
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 METADATA_KEYS = {"date", "python", "torch", "nnunetv2", "platform", "cpu", "command", "settings"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU, OpenMP threads spinning at barriers make tiny 3D convolutions
-    up to ten times slower (a 6 s file takes 60 s); one thread is as fast when idle and steady when busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def complexity() -> ModuleType:
-    """benchmarks/complexity.py as a module (benchmarks/ is a folder of scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("lightmedseg_complexity", BENCHMARKS / "complexity.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_row_numbers_are_consistent(complexity: ModuleType) -> None:
+def test_row_numbers_are_consistent() -> None:
     torch.manual_seed(0)
     setting = complexity.InputSetting("small", in_channels=2, num_classes=3, patch_size=(16, 16, 32),
                                       strides=((2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1)))
@@ -52,7 +29,7 @@ def test_row_numbers_are_consistent(complexity: ModuleType) -> None:
     assert row["params_m"] == pytest.approx(row["params"] / 1e6, abs=1e-4)
 
 
-def test_not_applicable_builder_gives_an_empty_row(complexity: ModuleType) -> None:
+def test_not_applicable_builder_gives_an_empty_row() -> None:
     def refuses(setting: object) -> torch.nn.Module:
         raise complexity.NotApplicable("needs a patch divisible by 32")
     row = complexity.complexity_row("refuser", refuses, complexity.SETTINGS[0])
@@ -60,8 +37,8 @@ def test_not_applicable_builder_gives_an_empty_row(complexity: ModuleType) -> No
     assert row["source"] == "n/a" and row["note"] == "needs a patch divisible by 32"
 
 
-def test_committed_table_covers_every_preset(complexity: ModuleType) -> None:
-    table = json.loads((BENCHMARKS / "results" / "complexity.json").read_text())
+def test_committed_table_covers_every_preset() -> None:
+    table = json.loads((RESULTS / "complexity.json").read_text())
     assert METADATA_KEYS <= set(table["metadata"])
     assert "complexity.py" in table["metadata"]["command"]
     settings = {s.name for s in complexity.SETTINGS}
@@ -72,5 +49,5 @@ def test_committed_table_covers_every_preset(complexity: ModuleType) -> None:
             assert row["flops"] == 2 * row["macs"] and row["params"] > 0
     reported = [r for r in table["rows"] if r["source"] == "reported"]
     assert [(r["params_m"], r["gflops"]) for r in reported] == [(0.48, 14.64)]
-    markdown = (BENCHMARKS / "results" / "complexity.md").read_text()
+    markdown = (RESULTS / "complexity.md").read_text()
     assert all(f"LightMedSeg-{p}" in markdown for p in PRESETS) and "(reported)" in markdown

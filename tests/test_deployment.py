@@ -101,7 +101,7 @@ def test_clear_errors(model, tmp_path):
     code, _, errors = _main("export", "-m", model.raw, "-o", tmp_path / "x.onnx")
     assert code == 1 and "is not an nnU-Net model folder" in errors and "TRAINER__PLANS__CONFIGURATION" in errors
     code, _, errors = _main("export", "-m", model.folder.parent, "-o", tmp_path / "x.onnx")
-    assert code == 1 and f"give one of them" in errors and model.folder.name in errors
+    assert code == 1 and "give one of them" in errors and model.folder.name in errors
     code, _, errors = _main("export", "-m", model.folder, "-f", "3", "-o", tmp_path / "x.onnx")
     assert code == 1 and "no checkpoint_final.pth for fold(s) 3" in errors and "fold_0/checkpoint_final.pth" in errors
     code, _, errors = _main("export", "-m", model.folder, "-f", "0", "-o", tmp_path / "x.onnx",

@@ -8,7 +8,6 @@ import fnmatch
 import hashlib
 import pickle
 import re
-from collections.abc import Iterator
 from copy import deepcopy
 from typing import Any
 
@@ -17,11 +16,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunetv2_lightmedseg.architectures import (PRESETS, AnchorFiLM, AnchorPositionBias, LightMedSeg,
-                                                LightMedSegConfig)
-from nnunetv2_lightmedseg.execution import (FAST_CPU_CLASSES, CUDAGraphLightMedSeg, FastCPUConv3d,
-                                            FastCPUConvTranspose3d, FastCPUInstanceNorm3d, InferenceGraphs,
-                                            accelerate)
+from nnunetv2_lightmedseg.architectures import PRESETS, AnchorFiLM, AnchorPositionBias, LightMedSeg, LightMedSegConfig
+from nnunetv2_lightmedseg.execution import (
+    FAST_CPU_CLASSES,
+    CUDAGraphLightMedSeg,
+    FastCPUConv3d,
+    FastCPUConvTranspose3d,
+    FastCPUInstanceNorm3d,
+    InferenceGraphs,
+    accelerate,
+)
 
 ISO_STRIDES = [(2, 2, 2)] * 4
 ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # total (2, 16, 16), an nnU-Net ACDC-like plan
@@ -30,14 +34,7 @@ SMALL_STRIDES = [(2, 2, 2), (2, 2, 2), (2, 2, 2), (1, 1, 1)]
 ANCHOR_MODES = ["softargmax", "mlp"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared, busy CPU, OpenMP threads spinning at barriers make tiny 3D convolutions
-    up to ten times slower (a 6 s file takes 60 s); one thread is as fast when idle and steady when busy."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -494,7 +491,7 @@ def test_unknown_option_is_a_type_error() -> None:
     assert {"use_anchors", "anchor_mode", "ghost"} <= set(LightMedSegConfig.__dataclass_fields__)
 
 
-# ---------------------------------------------------------------------------------------------------- dtypes and tiny inputs
+# ------------------------------------------------------------------------------------------ dtypes and tiny inputs
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 def test_softargmax_network_runs_in_other_dtypes(dtype: torch.dtype) -> None:
@@ -561,8 +558,12 @@ def test_cpu_fast_instance_norm_equals_pytorchs() -> None:
 def test_modules_compute_their_equations() -> None:
     """The element-wise parts run fused (addcmul: one pass over the volume instead of two or three); written out
     as in the spec, with the same submodules, they give the same values."""
-    from nnunetv2_lightmedseg.architectures import (AdaptiveMixBlock, LocalStructuralPrior, SqueezeExcite3D,
-                                                    TextureRoutedStage)
+    from nnunetv2_lightmedseg.architectures import (
+        AdaptiveMixBlock,
+        LocalStructuralPrior,
+        SqueezeExcite3D,
+        TextureRoutedStage,
+    )
     from nnunetv2_lightmedseg.architectures.blocks import normalized_grid
     torch.manual_seed(0)
     x, descriptor, texture = torch.randn(2, 8, 6, 8, 8), torch.rand(2, 16), torch.rand(2, 1, 6, 8, 8)

@@ -68,6 +68,7 @@ def test_two_folds_train_and_validate(iso):
     assert sum(v.numel() for k, v in checkpoint["network_weights"].items()) > 0
 
 
+@pytest.mark.nnunet_behaviour
 def test_val_npz_reruns_validation(iso):
     folder = iso.model_folder(ISO, TRAINER) / "fold_0" / "validation"
     (folder / "summary.json").unlink()
@@ -80,7 +81,8 @@ def test_predict_two_folds_scores_above_chance(iso, tmp_path):
     out = tmp_path / "pred"
     iso.run("nnUNetv2_predict", "-i", str(iso.raw / ISO / "imagesTs"), "-o", str(out), "-d", "991",
             "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1")
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in (iso.raw / ISO / "labelsTs").iterdir())
+    labels = iso.raw / ISO / "labelsTs"
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in labels.iterdir())
     summary = _score(iso, ISO, out)
     # an untrained network predicts background or noise (Dice ~0); a few iterations already beat that
     assert _mean_foreground_dice(summary) > 0.05, summary["mean"]
@@ -92,8 +94,10 @@ def test_find_best_configuration(iso):
     assert TRAINER in instructions and "nnUNetv2_predict" in instructions
 
 
+@pytest.mark.nnunet_behaviour
 def test_predictor_api_matches_cli(iso, tmp_path):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
     import nnunetv2_lightmedseg
     nnunetv2_lightmedseg.enable()
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
@@ -117,7 +121,8 @@ def test_accuracy_scores_folds_copied_back_without_checkpoints(iso, tmp_path):
     """benchmarks/accuracy.py --score-only on two folds copied as a GPU machine's results come back (no checkpoints):
     MONAI's Dice equals nnU-Net's validation summary, epoch times are nnU-Net's, the device is its debug.json's."""
     work = tmp_path / "work"
-    shutil.copytree(iso.model_folder(ISO, TRAINER), work / "results_5epx30it" / ISO / f"{TRAINER}__nnUNetPlans__3d_fullres",
+    shutil.copytree(iso.model_folder(ISO, TRAINER),
+                    work / "results_5epx30it" / ISO / f"{TRAINER}__nnUNetPlans__3d_fullres",
                     ignore=shutil.ignore_patterns("*.pth", "*.npz", "*.pkl"))
     trained_by = '{"command": "python benchmarks/accuracy.py --epochs 5 --iterations 30 ..."}'
     for fold in (0, 1):  # as accuracy.py leaves it in the folds it trains
@@ -195,7 +200,8 @@ def test_user_subclass_in_own_folder_trains_resumes_and_predicts(iso, tmp_path):
     folder = tmp_path / "my_trainers"
     folder.mkdir()
     ext = {"nnUNet_extTrainer": f"{folder}{os.pathsep}{iso.env['nnUNet_extTrainer']}"}
-    trainer, fold_dir = "nnUNetTrainerLightMedSeg_myLR", iso.model_folder(ISO, "nnUNetTrainerLightMedSeg_myLR") / "fold_0"
+    trainer = "nnUNetTrainerLightMedSeg_myLR"
+    fold_dir = iso.model_folder(ISO, trainer) / "fold_0"
     (folder / "my_variants.py").write_text(USER_VARIANT.format(epochs=1))
     iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", extra_env=ext)
     assert torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
@@ -289,6 +295,7 @@ def test_2d_configuration_gives_one_clear_error(iso):
     assert "Use 3d_fullres, 3d_lowres or 3d_cascade_fullres instead of 2d" in proc.stderr
 
 
+@pytest.mark.nnunet_behaviour
 def test_volume_smaller_than_the_patch_is_padded(iso, tmp_path):
     """nnU-Net pads a case smaller than the patch (32^3 here) and crops the prediction back to the case."""
     images, out = tmp_path / "small", tmp_path / "pred"

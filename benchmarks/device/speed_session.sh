@@ -5,9 +5,8 @@ set -u
 source benchmarks/device/env.sh
 OUT=/opt/out
 mkdir -p $OUT
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt
 # the GPU-only tests first (CUDA-graph replay equals the eager forward, in nnU-Net's predictor too)
-python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py > $OUT/gpu_tests.log 2>&1
+OUT=$OUT bash benchmarks/device/gpu_tests.sh
 echo "gpu tests rc=$? $(date -u +%T)"
 
 # the models given as arguments, else all, LightMedSeg and its reference first

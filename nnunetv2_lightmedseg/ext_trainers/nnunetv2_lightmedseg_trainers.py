@@ -5,5 +5,4 @@ class objects as a Python user who imports ``nnunetv2_lightmedseg.trainers``, an
 training length (``<Trainer>_<E>epochs[_<I>iters]``), made on first use.
 """
 from nnunetv2_lightmedseg.trainers import *  # noqa: F401,F403
-from nnunetv2_lightmedseg.trainers import __all__  # noqa: F401
-from nnunetv2_lightmedseg.trainers import __getattr__  # noqa: F401
+from nnunetv2_lightmedseg.trainers import __all__, __getattr__  # noqa: F401
