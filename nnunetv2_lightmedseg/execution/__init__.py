@@ -1,0 +1,1 @@
+"""How LightMedSeg runs fast: execution choices switched in beside the architecture."""
