@@ -131,7 +131,8 @@ def make_case(shape: list[int], device: torch.device, seed: int) -> dict[str, to
     channels = shape[1]
     return {"x": (torch.randn(shape, generator=gen) + 0.5).to(device, torch.bfloat16).requires_grad_(),
             "dy": torch.randn(shape, generator=gen).to(device, torch.bfloat16),
-            "weight": 1 + 0.1 * torch.randn(channels, generator=gen), "bias": 0.1 * torch.randn(channels, generator=gen)}
+            "weight": 1 + 0.1 * torch.randn(channels, generator=gen),
+            "bias": 0.1 * torch.randn(channels, generator=gen)}
 
 
 def variants(case: dict[str, torch.Tensor], act: bool, blocks: list[int], programs: list[int]
@@ -238,21 +239,25 @@ def totals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(report: dict[str, Any]) -> str:
     rows = report["rows"]
-    lines = [f"{'setting':8} {'shape':22} {'calls':>5} {'act':>3} {'pass':>7} {'variant':30} {'ms':>8} "
+    lines = [f"{report['device']}, torch {report['torch']}, triton {report['triton']}; x bfloat16 under bf16 autocast, "
+             f"L2 {'flushed' if report['flush_l2'] else 'warm'}; median of {report['rounds']} x {report['repeats']} "
+             "calls per variant",
+             f"{'setting':8} {'shape':22} {'calls':>5} {'act':>3} {'pass':>7} {'variant':32} {'ms':>8} "
              f"{'host ms':>8} {'GB/s':>7} {'speedup':>7} {'max|d y|':>9} {'max|d dx|':>9}"]
     reference = {(r["setting"], tuple(r["shape"]), r["act"], r["pass"]): r["ms"] for r in rows
                  if r["variant"] == "reference"}
     for r in rows:
         speedup = reference[(r["setting"], tuple(r["shape"]), r["act"], r["pass"])] / r["ms"]
         diff = r["max_abs_diff"]
-        lines.append(f"{r['setting']:8} {'x'.join(map(str, r['shape'])):22} {r['calls']:5d} {'y' if r['act'] else 'n':>3} "
-                     f"{'fwd' if r['pass'] == 'forward' else 'fwd+bwd':>7} {r['variant']:30} {r['ms']:8.4f} "
+        lines.append(f"{r['setting']:8} {'x'.join(map(str, r['shape'])):22} {r['calls']:5d} "
+                     f"{'y' if r['act'] else 'n':>3} "
+                     f"{'fwd' if r['pass'] == 'forward' else 'fwd+bwd':>7} {r['variant']:32} {r['ms']:8.4f} "
                      f"{r['host_ms']:8.4f} {r['gb_per_s']:7.0f} {speedup:7.2f} {diff['y']:9.2e} "
                      f"{diff.get('dx', float('nan')):9.2e}")
     lines.append("")
-    lines.append("network's norm calls (ms per training step):")
+    lines.append("sum over the network's norm calls of each setting (ms per training step):")
     for t in report["totals"]:
-        lines.append(f"  {t['setting']:8} {t['pass']:17} {t['variant']:30} {t['network_norm_ms']:8.3f}")
+        lines.append(f"  {t['setting']:8} {t['pass']:17} {t['variant']:32} {t['network_norm_ms']:8.3f}")
     return "\n".join(lines)
 
 
