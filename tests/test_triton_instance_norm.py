@@ -102,6 +102,17 @@ def test_bfloat16_is_the_float64_reference_rounded(name, shape, tiling, slope) -
 
 
 @interpreted
+def test_statistics_hold_for_a_mean_far_above_the_spread() -> None:
+    """mean 1000, std 1: E[x^2] - E[x]^2 in float32 would lose the variance (1e6 against a spacing of 0.06);
+    the chunked Welford/Chan statistics keep y to float32 resolution of x (6e-5 at 1000)."""
+    x = 1000 + inputs((2, 1, 3, 5, 7), torch.float32)[0] / 2
+    weight, bias = torch.ones(1), torch.zeros(1)
+    got = tin.fused_instance_norm_act(x, weight, bias, 1e-5, None, block=16, programs=4)
+    want = tin.reference_instance_norm_act(x.double(), weight.double(), bias.double(), 1e-5, None)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-3)
+
+
+@interpreted
 def test_float16_and_weights_without_gradient() -> None:
     """float16 in and out; with x alone requiring a gradient only dx comes back, with the parameters alone only
     theirs (the dx pass is left out)."""
