@@ -102,6 +102,7 @@ def summarise(run: dict[str, Any]) -> dict[str, Any]:
 
 def device_tag() -> str:
     import torch
+
     from speed import device_tag as tag
     return tag(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
@@ -141,7 +142,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.workers is not None:
         env["nnUNet_n_proc_DA"] = str(args.workers)
     meta = {k: v for k, v in metadata().items() if k not in ("flop_counter", "convention", "settings")}
-    meta.update({"batchgeneratorsv2": version("batchgeneratorsv2"), "dataset": ws.name, "fold": args.fold, "epochs": args.epochs, "cpus": os.cpu_count(),
+    meta.update({"batchgeneratorsv2": version("batchgeneratorsv2"), "dataset": ws.name, "fold": args.fold,
+                 "epochs": args.epochs, "cpus": os.cpu_count(),
                  "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
                  "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA"), "nnUNet_compile": env.get("nnUNet_compile"),
                  "summary": "medians over the epochs after the first"})

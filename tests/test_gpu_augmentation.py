@@ -215,7 +215,8 @@ def test_spatial_settings_nnunet_does_not_use_equal_batchgeneratorsv2(attributes
 INTENSITY = {
     "blur": (GaussianBlurTransform, {}, False), "brightness": (MultiplicativeBrightnessTransform, {}, True),
     "contrast": (ContrastTransform, {}, False), "low_resolution": (SimulateLowResolutionTransform, {}, True),
-    "gamma_inverted": (GammaTransform, {"p_invert_image": 1}, False), "gamma": (GammaTransform, {"p_invert_image": 0}, False),
+    "gamma_inverted": (GammaTransform, {"p_invert_image": 1}, False),
+    "gamma": (GammaTransform, {"p_invert_image": 0}, False),
     "mirror": (MirrorTransform, {}, True),
 }
 
@@ -296,7 +297,8 @@ def test_deep_supervision_targets_equal_batchgeneratorsv2() -> None:
     transform = DownsampleSegForDSTransform([[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25], [0.25, 0.125, 0.125]])
     batched = BatchedTrainingTransforms(ComposeTransforms([transform]))
     for seg in (torch.randint(0, 4, (3, 1, 7, 23, 19), dtype=torch.int16), torch.rand((3, 2, 7, 23, 19)) > 0.5):
-        _, got = batched.apply(torch.zeros((3, 1, 7, 23, 19)), seg.clone(), batched.sample_parameters(3, (1, 7, 23, 19)))
+        params = batched.sample_parameters(3, (1, 7, 23, 19))
+        _, got = batched.apply(torch.zeros((3, 1, 7, 23, 19)), seg.clone(), params)
         want = [transform(segmentation=s.clone())["segmentation"] for s in seg]
         _assert_same_segmentation(got, [torch.stack([w[k] for w in want]) for k in range(4)])
 

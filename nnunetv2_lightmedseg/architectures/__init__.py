@@ -5,8 +5,16 @@ How it runs fast (CPU kernel choices, CUDA-graph replay) is ``nnunetv2_lightmeds
 from .blocks import DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D
 from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
 from .encoder import AnchorFiLM, TextureRoutedStage
-from .lightmedseg import (PRESETS, LightMedSeg, LightMedSegConfig, LightMedSegPriors, deep_supervision_scales,
-                          get_preset, register_preset, total_stride)
+from .lightmedseg import (
+                          PRESETS,
+                          LightMedSeg,
+                          LightMedSegConfig,
+                          LightMedSegPriors,
+                          deep_supervision_scales,
+                          get_preset,
+                          register_preset,
+                          total_stride,
+)
 from .priors import Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 __all__ = [

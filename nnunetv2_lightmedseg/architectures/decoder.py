@@ -6,8 +6,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .blocks import (ConvNormAct3D, DepthwiseSeparableConv3D, GhostConv3D, SqueezeExcite3D, Stride3D,
-                     normalized_grid, resize_to)
+from .blocks import (
+    ConvNormAct3D,
+    DepthwiseSeparableConv3D,
+    GhostConv3D,
+    SqueezeExcite3D,
+    Stride3D,
+    normalized_grid,
+    resize_to,
+)
 
 
 class SkipRouter(nn.Module):

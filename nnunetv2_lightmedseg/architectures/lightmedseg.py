@@ -221,8 +221,9 @@ class LightMedSeg(nn.Module):
             raise ValueError(f"LightMedSeg expects a 5D input (B, C, D, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"LightMedSeg was built for {self.in_channels} input channel(s) but got {x.shape[1]} "
-                             f"(input shape {tuple(x.shape)}). Give every case exactly the channels of the model's dataset.json "
-                             f"channel_names (for nnU-Net: files CASE_0000 ... CASE_{self.in_channels - 1:04d})")
+                             f"(input shape {tuple(x.shape)}). Give every case exactly the channels of the model's "
+                             f"dataset.json channel_names (for nnU-Net: files CASE_0000 ... "
+                             f"CASE_{self.in_channels - 1:04d})")
         spatial = tuple(x.shape[2:])
         divisor = self.total_stride
         if any(size % d for size, d in zip(spatial, divisor)):

@@ -14,8 +14,14 @@ from __future__ import annotations
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg
 
-from .cpu_kernels import (FAST_CPU_CLASSES, FastCPUConv3d, FastCPUConvTranspose3d, FastCPUInstanceNorm3d,
-                          takes_cpu_path, use_fast_cpu_kernels)
+from .cpu_kernels import (
+    FAST_CPU_CLASSES,
+    FastCPUConv3d,
+    FastCPUConvTranspose3d,
+    FastCPUInstanceNorm3d,
+    takes_cpu_path,
+    use_fast_cpu_kernels,
+)
 from .graph_replay import CUDAGraphLightMedSeg, InferenceGraphs, replay_cuda_graphs
 
 __all__ = [

@@ -48,9 +48,13 @@ from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseT
 from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform, _build_kernel
 from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
-from batchgeneratorsv2.transforms.spatial.spatial import (SpatialTransform, _convert_my_grid_to_grid_sample_grid,
-                                                          _create_centered_identity_grid2, create_affine_matrix_2d,
-                                                          create_affine_matrix_3d)
+from batchgeneratorsv2.transforms.spatial.spatial import (
+    SpatialTransform,
+    _convert_my_grid_to_grid_sample_grid,
+    _create_centered_identity_grid2,
+    create_affine_matrix_2d,
+    create_affine_matrix_3d,
+)
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.cropping import crop_tensor
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform

@@ -6,7 +6,7 @@ see ``budgets``). Importing this package does not import MONAI: the MONAI baseli
 build their network.
 """
 from nnunetv2_lightmedseg.trainers import baselines, lightmedseg
-from nnunetv2_lightmedseg.trainers.budgets import budget_trainer, budget_trainer_name
+from nnunetv2_lightmedseg.trainers.budgets import budget_trainer, budget_trainer_name  # noqa: F401 (API)
 
 __all__ = sorted(name for module in (lightmedseg, baselines) for name, value in vars(module).items()
                  if name.startswith("nnUNetTrainer") and isinstance(value, type)

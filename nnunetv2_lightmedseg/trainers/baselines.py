@@ -50,8 +50,14 @@ from nnunetv2.utilities.helpers import empty_cache
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
-from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
-                                                  require_divisible_patch, unwrap)
+from nnunetv2_lightmedseg.trainers.common import (
+    InputChecks,
+    TrainingLength,
+    require_3d,
+    require_canonical_class,
+    require_divisible_patch,
+    unwrap,
+)
 
 MONAI_HINT = 'pip install "nnunetv2-lightmedseg[baselines]"'
 

@@ -14,8 +14,15 @@ from torch import nn
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg, deep_supervision_scales, get_preset, total_stride
 from nnunetv2_lightmedseg.execution import accelerate
-from nnunetv2_lightmedseg.trainers.common import (InputChecks, TrainingLength, require_3d, require_canonical_class,
-                                                  require_divisible_patch, strides_from_plan, unwrap)
+from nnunetv2_lightmedseg.trainers.common import (
+    InputChecks,
+    TrainingLength,
+    require_3d,
+    require_canonical_class,
+    require_divisible_patch,
+    strides_from_plan,
+    unwrap,
+)
 from nnunetv2_lightmedseg.trainers.gpu_augmentation import DeviceAugmentation
 from nnunetv2_lightmedseg.trainers.recipes import RecipeTraining
 
@@ -86,7 +93,8 @@ class nnUNetTrainerLightMedSeg_noDS(nnUNetTrainerLightMedSeg):
 
 # training recipes (see recipes.RECIPES)
 class nnUNetTrainerLightMedSeg_nnUNetSGD(nnUNetTrainerLightMedSeg):
-    """nnU-Net's recipe (SGD, Nesterov momentum 0.99, lr 1e-2, weight decay 3e-5, poly decay): the default before 0.2."""
+    """nnU-Net's recipe (SGD, Nesterov momentum 0.99, lr 1e-2, weight decay 3e-5, poly decay), the default before
+    0.2."""
 
     recipe = "nnUNetSGD"
 
