@@ -338,8 +338,13 @@ def test_cpu_inference_runs_eagerly_and_copies_carry_no_graphs() -> None:
 
 
 def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch) -> None:
-    """Where a graph cannot be captured (here: no GPU at all), prediction goes on eagerly, with one warning."""
+    """Where a graph cannot be captured (a driver or setup that refuses it), prediction goes on eagerly, with one
+    warning. The capture is made to fail the way CUDA reports it, so that the test means the same with a GPU."""
+    def refused(self, forward, x):
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+
     monkeypatch.setattr(InferenceGraphs, "applies", staticmethod(lambda module, x: True))
+    monkeypatch.setattr(InferenceGraphs, "_capture", refused)
     model = accelerate(tiny(in_channels=2)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.inference_mode():
