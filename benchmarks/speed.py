@@ -8,15 +8,17 @@ For every model of the complexity table (``complexity.MODELS``) at every named i
   autocast, mirroring on and off) on a BraTS-sized 4 x 155 x 240 x 240 case (``iso128`` setting) and an ACDC case
   (``acdc`` setting, the plan's median shape).
 GPU timings use bf16 autocast, CUDA events, warm-up, and the median of many repeats; CPU timings a synchronous clock.
-``--modes eager graphs compile cudagraphs`` measures each model's plain forward, its inference forward replayed from
-CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; forward and cases only), under ``torch.compile``
-(nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA graphs, training
-too). The forward's activation traffic (every module output written once and read once, counted with forward hooks)
-over its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
+``--modes eager graphs compile cudagraphs as-shipped`` measures each model's plain forward, its inference forward
+replayed from CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; forward and cases only), under
+``torch.compile`` (nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA
+graphs, training too), and as nnU-Net's commands run it by default (``as-shipped``: forward and cases as
+``nnUNetv2_predict`` runs them, the training step as ``nnUNetv2_train`` does): the headline ratio, what a user gets.
+The forward's activation traffic (every module output written once and read once, counted with forward hooks) over
+its time gives an achieved bandwidth, to set beside the card's measured copy bandwidth.
 
 Usage::
 
-    python benchmarks/speed.py [--models NAME ...] [--settings iso128 acdc] [--modes eager compile]
+    python benchmarks/speed.py [--models NAME ...] [--settings iso128 acdc] [--modes as-shipped eager compile]
                                [--prediction] [--throughput] [--out benchmarks/results] [--tag NAME]
 
 writes ``speed_<tag>.json`` (metadata + rows) and ``speed_<tag>.md`` (generated from the JSON); the tag defaults to
@@ -57,8 +59,11 @@ REFERENCE = "nnU-Net default (PlainConvUNet)"
 #: ``--modes`` other than eager: torch.compile's mode for each. "cudagraphs" replays the fixed-shape forward (and
 #: training graphs) as CUDA graphs, which removes the kernel-launch cost that bounds LightMedSeg's eager forward.
 COMPILE_MODES = {"compile": None, "cudagraphs": "reduce-overhead"}
-#: ``--modes``: the plain forward, the inference forward replayed from CUDA graphs, and the compiled ones.
-MODES = ["eager", "graphs", *COMPILE_MODES]
+#: ``--modes``: the plain forward, the inference forward replayed from CUDA graphs, the compiled ones, and each model
+#: as nnU-Net's commands run it by default ("as-shipped": ``nnUNetv2_predict`` compiles nothing and LightMedSeg's
+#: trainers switch its graph replay in; ``nnUNetv2_train`` compiles every trainer's network on CUDA with
+#: ``torch.compile(network)``, nothing on the CPU).
+MODES = ["eager", "graphs", *COMPILE_MODES, "as-shipped"]
 
 
 class ReplayedInference(nn.Module):
@@ -258,17 +263,23 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     row["params_m"] = round(sum(p.numel() for p in model.parameters()) / 1e6, 4)
     x = torch.randn(setting.input_shape, device=device)
     row["activation_gb"] = round(activation_bytes(model, x, device) / 1e9, 3)
-    runnable = model
+    runnable = trained = model
     if mode in COMPILE_MODES:
         # each row compiles a new model instance: no row inherits earlier rows' compiled code or recompile counts
         # (compiled LightMedSeg's speed depended on its place in the run; SPEED_NOTES.md)
         torch._dynamo.reset()
-        runnable = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
+        runnable = trained = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
     elif mode == "graphs":
         if isinstance(model, LightMedSeg):
             replay_cuda_graphs(model)
         else:
             runnable = ReplayedInference(model)
+    elif mode == "as-shipped":
+        if gpu and isinstance(model, LightMedSeg):
+            replay_cuda_graphs(model)  # as LightMedSeg's trainers build it for nnUNetv2_predict
+        if gpu:  # nnUNetTrainer.initialize: torch.compile(self.network), when nnUNet_compile is not set
+            torch._dynamo.reset()
+            trained = torch.compile(model)
     if args.profile and mode == "eager":
         print(f"--- profile: {name} at {setting.name}\n{profile_forward(model, x, device)}", flush=True)
     with torch.inference_mode(), autocast(device):
@@ -279,20 +290,20 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
         row["max_batch"], row["images_per_s"] = largest_batch_throughput(runnable, setting, device)
     if not args.no_training and mode != "graphs":  # graphs replay inference only: training is the eager row's
         try:
-            ms, peak = training_step_ms(runnable, setting, TRAIN_BATCH[setting.name], device,
+            ms, peak = training_step_ms(trained, setting, TRAIN_BATCH[setting.name], device,
                                         warmup=5 if gpu else 1, repeats=20 if gpu else 2)
             row["train_step_ms"], row["train_peak_gib"] = round(ms, 2), None if peak is None else round(peak, 3)
         except torch.OutOfMemoryError:
             row["note"] = "training step out of memory"
     # not compiled: nnUNetPredictor compiles only when nnUNet_compile is set, and a compiled model recompiles for
     # the predictor's shapes, which costs more device time than the measurement
-    if args.prediction and mode in ("eager", "graphs") and (args.prediction_models is None
-                                                            or name in args.prediction_models):
+    if args.prediction and mode in ("eager", "graphs", "as-shipped") and (
+            args.prediction_models is None or name in args.prediction_models):
         for mirroring in (False, True):
             key = "case_s_mirror" if mirroring else "case_s"
             # three on the CPU too: one repeat left the mirrored case at the mercy of run-to-run spread (SPEED_NOTES.md)
             row[key] = round(case_prediction_s(runnable, setting, device, mirroring, repeats=3), 3)
-    del model, runnable, x
+    del model, runnable, trained, x
     if gpu:
         torch.cuda.empty_cache()
     return row

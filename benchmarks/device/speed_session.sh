@@ -14,7 +14,7 @@ MAIN=("$@")
 [ $# -gt 0 ] || MAIN=(LightMedSeg-paper "nnU-Net default (PlainConvUNet)" LightMedSeg-tiny LightMedSeg-small
                       LightMedSeg-base LightMedSeg-large "UNETR (MONAI)" "Primus V3-S (nnU-Net)"
                       "SwinUNETR (MONAI, feature 48)")
-python3 benchmarks/speed.py --models "${MAIN[@]}" --modes eager graphs cudagraphs compile \
+python3 benchmarks/speed.py --models "${MAIN[@]}" --modes as-shipped eager graphs cudagraphs compile \
     --compile-models LightMedSeg-paper "nnU-Net default (PlainConvUNet)" \
     --prediction --prediction-models LightMedSeg-paper "nnU-Net default (PlainConvUNet)" --profile --out $OUT \
     > $OUT/speed.log 2>&1
