@@ -32,9 +32,11 @@ def run_stability(dataset: str, trainer_name: str, dtype: str, iterations: int, 
     from nnunetv2.run.run_training import get_trainer_from_args
 
     import nnunetv2_lightmedseg
+    from nnunetv2_lightmedseg.trainers import budget_trainer_name
     nnunetv2_lightmedseg.enable()
+    # the trainer named by the length that covers the iterations (its poly schedule spans them), 250 per epoch
+    trainer_name = budget_trainer_name(trainer_name, math.ceil(iterations / 250))
     trainer = get_trainer_from_args(dataset, configuration, fold, trainer_name, device=torch.device("cuda"))
-    trainer.num_epochs = math.ceil(iterations / trainer.num_iterations_per_epoch)
     trainer.on_train_start()
     scaler = torch.amp.GradScaler("cuda") if dtype == "fp16" else None
     params = [p for p in trainer.network.parameters() if p.requires_grad]
@@ -47,6 +49,9 @@ def run_stability(dataset: str, trainer_name: str, dtype: str, iterations: int, 
         data = batch["data"].to(trainer.device, non_blocking=True)
         target = [t.to(trainer.device, non_blocking=True) for t in batch["target"]] \
             if isinstance(batch["target"], list) else batch["target"].to(trainer.device, non_blocking=True)
+        if getattr(trainer, "device_augmentation", None) is not None:  # a trainer that augments on the GPU
+            with torch.no_grad():
+                data, target = trainer.device_augmentation.augment(data, target)
         trainer.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=DTYPES[dtype]):
             loss = trainer.loss(trainer.network(data), target)

@@ -469,7 +469,7 @@ def test_trainer_augments_on_the_device_with_nnunets_shapes(tiny_plan, monkeypat
     training steps run on batches of the shapes and dtypes nnU-Net's CPU pipeline gives for the same plan, and the
     log and debug.json say which pipeline runs; a transform without a batched port, and "auto" on the CPU, keep
     nnU-Net's pipeline."""
-    from nnunetv2_lightmedseg.trainers.lightmedseg import nnUNetTrainerLightMedSeg_2epochs_10iters as Auto
+    from nnunetv2_lightmedseg.trainers import nnUNetTrainerLightMedSeg_gpuDA_2epochs_10iters as Auto
 
     assert issubclass(Auto, DeviceAugmentation) and Auto.augmentation_device == "auto"
     nnunet_train_step = nnUNetTrainer.train_step

@@ -71,7 +71,7 @@ def norm_calls(setting: dict[str, Any], device: torch.device) -> list[dict[str, 
     """Every distinct input shape of the network's instance norms (batch of the setting), with its number of calls
     and how many of them a LeakyReLU module takes the output of (the training forward, deep supervision on)."""
     model = LightMedSeg.from_preset("paper", setting["in_channels"], 4, strides=setting["strides"],
-                                    deep_supervision=True, cuda_graphs=False).to(device)
+                                    deep_supervision=True).to(device)
     calls: dict[tuple[int, ...], dict[str, Any]] = {}
     last = {}
 

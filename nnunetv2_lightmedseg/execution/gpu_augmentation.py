@@ -451,20 +451,28 @@ class _Blur(_Step):
         flat[index] = work
 
 
+def _chosen_rows_and_multipliers(image: torch.Tensor, params: list[Optional[dict]]
+                                 ) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For the transforms that scale chosen channels by drawn multipliers: the (B * C, voxels) view of the image,
+    the rows of the chosen channels and each row's multiplier as a (rows, 1) tensor; None when no channel is chosen."""
+    rows, positions = _channel_rows(params, image.shape[1], "apply_to_channel")
+    if not rows:
+        return None
+    multipliers = [params[r // image.shape[1]]["multipliers"][k].item() for r, k in zip(rows, positions)]
+    return (image.view(image.shape[0] * image.shape[1], -1), torch.tensor(rows, device=image.device),
+            _row_values(multipliers, image.device))
+
+
 class _Brightness(_Step):
     """nnU-Net's ``MultiplicativeBrightnessTransform``: each chosen channel multiplied by its drawn multiplier."""
 
     skips_samples = True
 
     def apply(self, batch, params):
-        image = batch.image
-        rows, positions = _channel_rows(params, image.shape[1], "apply_to_channel")
-        if not rows:
-            return
-        multipliers = [params[r // image.shape[1]]["multipliers"][k].item() for r, k in zip(rows, positions)]
-        flat = image.view(image.shape[0] * image.shape[1], -1)
-        index = torch.tensor(rows, device=image.device)
-        flat[index] = flat[index] * _row_values(multipliers, image.device)
+        chosen = _chosen_rows_and_multipliers(batch.image, params)
+        if chosen is not None:
+            flat, index, multipliers = chosen
+            flat[index] = flat[index] * multipliers
 
 
 class _Contrast(_Step):
@@ -474,16 +482,13 @@ class _Contrast(_Step):
     skips_samples = True
 
     def apply(self, batch, params):
-        image = batch.image
-        rows, positions = _channel_rows(params, image.shape[1], "apply_to_channel")
-        if not rows:
+        chosen = _chosen_rows_and_multipliers(batch.image, params)
+        if chosen is None:
             return
-        multipliers = [params[r // image.shape[1]]["multipliers"][k].item() for r, k in zip(rows, positions)]
-        flat = image.view(image.shape[0] * image.shape[1], -1)
-        index = torch.tensor(rows, device=image.device)
+        flat, index, multipliers = chosen
         x = flat[index]
         mean = x.mean(dim=1, keepdim=True)
-        contrasted = (x - mean) * _row_values(multipliers, image.device) + mean
+        contrasted = (x - mean) * multipliers + mean
         if self.transform.preserve_range:
             low, high = x.aminmax(dim=1, keepdim=True)
             contrasted = torch.clamp(contrasted, low, high)

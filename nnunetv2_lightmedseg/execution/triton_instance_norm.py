@@ -65,6 +65,21 @@ _force_cpu = False
 
 if triton is not None:
     @triton.jit
+    def _affine(w_ptr, b_ptr, plane, C):
+        """gamma_c and beta_c of the plane's channel, in float32."""
+        c = plane % C
+        return tl.load(w_ptr + c).to(tl.float32), tl.load(b_ptr + c).to(tl.float32)
+
+    @triton.jit
+    def _normalized_and_pre_activation_grad(x, dy, mean, rstd, gamma, beta, slope, HAS_ACT: tl.constexpr):
+        """x_hat = (x - mu) rstd and dz = dy * act'(gamma x_hat + beta), the gradient before the activation."""
+        x_hat = (x - mean) * rstd
+        dz = dy
+        if HAS_ACT:
+            dz = tl.where(x_hat * gamma + beta > 0, dy, dy * slope)
+        return x_hat, dz
+
+    @triton.jit
     def _stats_kernel(x_ptr, part_ptr, N, CHUNK_TILES, S, P, BLOCK: tl.constexpr):
         """Chunk (plane, s) of x (P, N): its mean and M2 into part[0, plane, s] and part[1, plane, s]."""
         plane = tl.program_id(0)
@@ -110,9 +125,7 @@ if triton is not None:
         if tile == 0:
             tl.store(stats_ptr + plane, mean)
             tl.store(stats_ptr + P + plane, rstd)
-        c = plane % C
-        gamma = tl.load(w_ptr + c).to(tl.float32)
-        beta = tl.load(b_ptr + c).to(tl.float32)
+        gamma, beta = _affine(w_ptr, b_ptr, plane, C)
         base = plane.to(tl.int64) * N
         idx = tile * BLOCK + tl.arange(0, BLOCK)
         mask = idx < N
@@ -130,9 +143,7 @@ if triton is not None:
         chunk = tl.program_id(1)
         mean = tl.load(stats_ptr + plane)
         rstd = tl.load(stats_ptr + P + plane)
-        c = plane % C
-        gamma = tl.load(w_ptr + c).to(tl.float32)
-        beta = tl.load(b_ptr + c).to(tl.float32)
+        gamma, beta = _affine(w_ptr, b_ptr, plane, C)
         base = plane.to(tl.int64) * N
         offs = tl.arange(0, BLOCK)
         start = chunk * CHUNK_TILES * BLOCK
@@ -142,10 +153,8 @@ if triton is not None:
             idx = start + t * BLOCK + offs
             mask = idx < N
             x = tl.load(x_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)
-            dz = tl.load(dy_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)  # 0 outside the plane
-            x_hat = (x - mean) * rstd
-            if HAS_ACT:
-                dz = tl.where(x_hat * gamma + beta > 0, dz, dz * slope)
+            dy = tl.load(dy_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)  # 0 outside the plane
+            x_hat, dz = _normalized_and_pre_activation_grad(x, dy, mean, rstd, gamma, beta, slope, HAS_ACT)
             sum_dz += dz
             sum_dz_xhat += dz * x_hat
         tl.store(part_ptr + plane * S + chunk, tl.sum(sum_dz, axis=0))
@@ -161,17 +170,13 @@ if triton is not None:
         rstd = tl.load(stats_ptr + P + plane)
         mean_dz = tl.load(sums_ptr + plane) / N
         mean_dz_xhat = tl.load(sums_ptr + P + plane) / N
-        c = plane % C
-        gamma = tl.load(w_ptr + c).to(tl.float32)
-        beta = tl.load(b_ptr + c).to(tl.float32)
+        gamma, beta = _affine(w_ptr, b_ptr, plane, C)
         base = plane.to(tl.int64) * N
         idx = tile * BLOCK + tl.arange(0, BLOCK)
         mask = idx < N
         x = tl.load(x_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)
-        dz = tl.load(dy_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)
-        x_hat = (x - mean) * rstd
-        if HAS_ACT:
-            dz = tl.where(x_hat * gamma + beta > 0, dz, dz * slope)
+        dy = tl.load(dy_ptr + base + idx, mask=mask, other=0.0).to(tl.float32)
+        x_hat, dz = _normalized_and_pre_activation_grad(x, dy, mean, rstd, gamma, beta, slope, HAS_ACT)
         dx = gamma * rstd * (dz - mean_dz - x_hat * mean_dz_xhat)
         tl.store(dx_ptr + base + idx, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 

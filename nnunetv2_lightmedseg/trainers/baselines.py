@@ -5,13 +5,10 @@
 - ``nnUNetTrainerPrimusV3S``: nnU-Net's own ``nnUNet_PrimusV3S_Trainer`` (nnunetv2 2.8.1 with
   dynamic-network-architectures 0.4.4 ships Primus V1, V2 and V3 in S/B/M/L), with the three things 2.8.1 gets wrong
   for us fixed and nothing else changed (see its docstring).
-- ``nnUNetTrainer_2epochs_10iters``: nnU-Net's default network at the test size. nnU-Net already ships
-  ``nnUNetTrainer_5epochs``, ``_50epochs``, ``_100epochs`` and ``_250epochs`` (nnU-Net's default network, only
-  ``num_epochs`` changed, exactly like ``nnUNetTrainerLightMedSeg_*epochs``): use those; a class of ours with the same
-  name would be shadowed by nnU-Net's anyway.
 
-Every baseline has the variants ``_2epochs_10iters``, ``_5epochs``, ``_50epochs``, ``_100epochs`` and ``_250epochs``
-with the same ``TrainingLength`` attributes as ``nnUNetTrainerLightMedSeg_*``.
+Every baseline, and nnU-Net's own ``nnUNetTrainer``, exists for any training length by name, as every LightMedSeg
+trainer does (``<Trainer>_<E>epochs[_<I>iters]``, see ``budgets.py``): ``nnUNetTrainerUNETR_20epochs``,
+``nnUNetTrainer_2epochs_10iters`` for the CPU tests. nnU-Net's own ``nnUNetTrainer_Xepochs`` classes are found first.
 
 Fixed-input transformers and the plan's patch
 ---------------------------------------------
@@ -54,7 +51,7 @@ from nnunetv2_lightmedseg.trainers.common import (
     InputChecks,
     TrainingLength,
     require_3d,
-    require_canonical_class,
+    require_buildable,
     require_divisible_patch,
     unwrap,
 )
@@ -180,8 +177,7 @@ class MonaiTransformerTrainer(InputChecks, RoundedPatch, WarmupFraction, Trainin
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
         # a classmethod, not nnU-Net's staticmethod: the predictor calls it on the class, so cls gives the network
-        require_canonical_class(cls)
-        require_3d(configuration_manager, cls.__name__)
+        require_buildable(cls, configuration_manager)
         require_divisible_patch(configuration_manager.patch_size, cls.patch_multiple, cls.__name__)
         return cls.make_network(tuple(int(p) for p in configuration_manager.patch_size), num_input_channels,
                                 num_output_channels)
@@ -303,78 +299,3 @@ class nnUNetTrainerPrimusV3S(InputChecks, RoundedPatch, WarmupFraction, Training
     """
 
     patch_multiple = (8, 8, 8)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# nnU-Net's default network at the test size (nnU-Net ships nnUNetTrainer_5epochs/_50epochs/_100epochs/_250epochs)
-# ---------------------------------------------------------------------------------------------------------------------
-class nnUNetTrainer_2epochs_10iters(TrainingLength, nnUNetTrainer):
-    """nnU-Net's default trainer and network at the test size of ``nnUNetTrainerLightMedSeg_2epochs_10iters``."""
-
-    epochs = 2
-    iterations_per_epoch = 10
-    val_iterations_per_epoch = 2
-    checkpoint_every = 1
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# training lengths, named and sized like nnUNetTrainerLightMedSeg_* so that comparisons pair by name
-# ---------------------------------------------------------------------------------------------------------------------
-class nnUNetTrainerUNETR_2epochs_10iters(nnUNetTrainerUNETR):
-    epochs, iterations_per_epoch, val_iterations_per_epoch, checkpoint_every = 2, 10, 2, 1
-
-
-class nnUNetTrainerUNETR_5epochs(nnUNetTrainerUNETR):
-    epochs = 5
-
-
-class nnUNetTrainerUNETR_50epochs(nnUNetTrainerUNETR):
-    epochs = 50
-
-
-class nnUNetTrainerUNETR_100epochs(nnUNetTrainerUNETR):
-    epochs = 100
-
-
-class nnUNetTrainerUNETR_250epochs(nnUNetTrainerUNETR):
-    epochs = 250
-
-
-class nnUNetTrainerSwinUNETR_2epochs_10iters(nnUNetTrainerSwinUNETR):
-    epochs, iterations_per_epoch, val_iterations_per_epoch, checkpoint_every = 2, 10, 2, 1
-
-
-class nnUNetTrainerSwinUNETR_5epochs(nnUNetTrainerSwinUNETR):
-    epochs = 5
-
-
-class nnUNetTrainerSwinUNETR_50epochs(nnUNetTrainerSwinUNETR):
-    epochs = 50
-
-
-class nnUNetTrainerSwinUNETR_100epochs(nnUNetTrainerSwinUNETR):
-    epochs = 100
-
-
-class nnUNetTrainerSwinUNETR_250epochs(nnUNetTrainerSwinUNETR):
-    epochs = 250
-
-
-class nnUNetTrainerPrimusV3S_2epochs_10iters(nnUNetTrainerPrimusV3S):
-    epochs, iterations_per_epoch, val_iterations_per_epoch, checkpoint_every = 2, 10, 2, 1
-
-
-class nnUNetTrainerPrimusV3S_5epochs(nnUNetTrainerPrimusV3S):
-    epochs = 5
-
-
-class nnUNetTrainerPrimusV3S_50epochs(nnUNetTrainerPrimusV3S):
-    epochs = 50
-
-
-class nnUNetTrainerPrimusV3S_100epochs(nnUNetTrainerPrimusV3S):
-    epochs = 100
-
-
-class nnUNetTrainerPrimusV3S_250epochs(nnUNetTrainerPrimusV3S):
-    epochs = 250

@@ -3,10 +3,11 @@
 nnU-Net's way to train for another length is a class of its own (``nnUNetTrainer_20epochs``), so that the results
 folder names the length and ``--c`` continues it with that length. Such a class exists here for every trainer of
 this package and for nnU-Net's ``nnUNetTrainer``, made on first use from the name: ``E`` epochs of ``I`` training
-iterations (nnU-Net's 250 when absent) and ``I / 5`` validation iterations (nnU-Net's ratio, 250 to 50), nothing
-else changed. nnU-Net finds them by name through the shim on ``nnUNet_extTrainer``, at training and at prediction.
-A class that is defined explicitly (``nnUNetTrainerLightMedSeg_5epochs``, nnU-Net's own ``nnUNetTrainer_20epochs``)
-is found first and keeps its definition.
+iterations (nnU-Net's 250 when absent) and ``I / 5`` validation iterations (nnU-Net's ratio, 250 to 50), and a
+checkpoint every ``E / 10`` epochs (nnU-Net's 50 of 1000, at least every epoch), so that a short training that stops
+loses at most a tenth of its epochs; nothing else changed. nnU-Net finds them by name through the shim on
+``nnUNet_extTrainer``, at training and at prediction. A class that is defined explicitly (nnU-Net's own
+``nnUNetTrainer_20epochs``, say) is found first and keeps its definition.
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ def budget_trainer(name: str, bases: dict[str, type]) -> Optional[type]:
     # the package module resolves the name again (pickling finds the class there)
     attributes = {"epochs": int(match["epochs"]), "__module__": "nnunetv2_lightmedseg.trainers", "__qualname__": name,
                   "__doc__": f"{match['base']} for {match['epochs']} epochs x {iterations} iterations."}
+    attributes["checkpoint_every"] = max(1, min(50, attributes["epochs"] // 10))
     if match["iterations"]:
         attributes.update(iterations_per_epoch=iterations, val_iterations_per_epoch=max(1, iterations // 5))
     _made[name] = type(name, (base,) if issubclass(base, TrainingLength) else (TrainingLength, base), attributes)

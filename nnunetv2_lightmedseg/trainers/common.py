@@ -110,6 +110,13 @@ def require_divisible_patch(patch_size: Sequence[int], divisor: Sequence[int], t
                          f"multiple of {list(divisor)} (the planned patch always is) and preprocess again if needed.")
 
 
+def require_buildable(cls: type, configuration_manager: ConfigurationManager) -> None:
+    """The checks that every trainer's ``build_network_architecture`` makes first: one of our trainer classes (not a
+    second copy of our modules) and a 3D configuration."""
+    require_canonical_class(cls)
+    require_3d(configuration_manager, cls.__name__)
+
+
 def require_canonical_class(cls: type) -> None:
     """One clear error when nnU-Net loaded a second copy of our trainer modules.
 

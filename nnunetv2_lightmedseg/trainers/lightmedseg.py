@@ -17,8 +17,7 @@ from nnunetv2_lightmedseg.execution import accelerate
 from nnunetv2_lightmedseg.trainers.common import (
     InputChecks,
     TrainingLength,
-    require_3d,
-    require_canonical_class,
+    require_buildable,
     require_divisible_patch,
     strides_from_plan,
     unwrap,
@@ -63,8 +62,7 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
                                    enable_deep_supervision: bool = True) -> nn.Module:
         # a classmethod, not nnU-Net's staticmethod: the predictor calls it on the class, so cls gives variants
         # their preset without each one repeating this method
-        require_canonical_class(cls)
-        require_3d(configuration_manager, cls.__name__)
+        require_buildable(cls, configuration_manager)
         strides = cls.network_strides(configuration_manager)
         require_divisible_patch(configuration_manager.patch_size, total_stride(strides), cls.__name__)
         network = LightMedSeg.from_preset(cls.preset, num_input_channels, num_output_channels, strides=strides,
@@ -167,43 +165,6 @@ class nnUNetTrainerLightMedSeg_noGhost(nnUNetTrainerLightMedSeg):
     network_options = {"ghost": False}
 
 
-# training lengths, named like nnU-Net's own nnUNetTrainer_Xepochs so that comparisons pair by name
-class nnUNetTrainerLightMedSeg_5epochs(nnUNetTrainerLightMedSeg):
-    epochs = 5
-
-
-class nnUNetTrainerLightMedSeg_20epochs(nnUNetTrainerLightMedSeg):
-    epochs = 20
-
-
-class nnUNetTrainerLightMedSeg_50epochs(nnUNetTrainerLightMedSeg):
-    epochs = 50
-
-
-class nnUNetTrainerLightMedSeg_100epochs(nnUNetTrainerLightMedSeg):
-    epochs = 100
-
-
-class nnUNetTrainerLightMedSeg_250epochs(nnUNetTrainerLightMedSeg):
-    epochs = 250
-
-
-class nnUNetTrainerLightMedSeg_2epochs_10iters(nnUNetTrainerLightMedSeg):
-    """Test size: 2 epochs of 10 training and 2 validation iterations, a checkpoint every epoch (CPU tests)."""
-
-    epochs = 2
-    iterations_per_epoch = 10
-    val_iterations_per_epoch = 2
-    checkpoint_every = 1
-
-
-class nnUNetTrainerLightMedSeg_5epochs_30iters(nnUNetTrainerLightMedSeg):
-    """Quick experiment: 5 epochs of 30 training and 2 validation iterations, a checkpoint every epoch.
-
-    About the least that segments the generated test data better than chance on a CPU (tests, demos).
-    """
-
-    epochs = 5
-    iterations_per_epoch = 30
-    val_iterations_per_epoch = 2
-    checkpoint_every = 1
+# Training lengths need no class here: every trainer of this module exists for any length by name,
+# <Trainer>_<E>epochs[_<I>iters] (budgets.py), e.g. nnUNetTrainerLightMedSeg_20epochs beside nnU-Net's
+# nnUNetTrainer_20epochs, and nnUNetTrainerLightMedSeg_2epochs_10iters for the CPU tests.
