@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 #: The folder to put on ``nnUNet_extTrainer``. It holds one shim module that re-exports our trainer classes;
 #: pointing nnU-Net at the package root instead would import our modules a second time under other names.

@@ -40,6 +40,7 @@ def _dataset_with(nnunet_env, dataset_id: int, name: str, value: float):
 
 
 @pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_nan_in_images_stops_nnunet_preprocessing_with_its_message(nnunet_env):
     _dataset_with(nnunet_env, 981, "NaN", np.nan)
     for extra in (["--verify_dataset_integrity"], []):
@@ -63,10 +64,20 @@ def test_fewer_than_five_cases_without_splits(nnunet_env):
     fold0 = nnunet_env.run("nnUNetv2_train", "982", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
                            check=False)
     assert fold0.returncode != 0 and "Only 3 training case(s)" in _output(fold0) and "fold 'all'" in _output(fold0)
-    nnunet_env.run("nnUNetv2_train", "982", "3d_fullres", "all", "-tr", PLUMBING, "-device", "cpu")  # the advice works
-    assert (nnunet_env.model_folder("Dataset982_ThreeCases", PLUMBING) / "fold_all" / "checkpoint_final.pth").is_file()
 
 
+@pytest.mark.slow
+def test_fewer_than_five_cases_train_fold_all(nnunet_env):
+    """The advice of the error above works: fold 'all' trains on three cases."""
+    make_dataset(nnunet_env.raw, 978, "ThreeCasesAll", num_train=3, shape=(32, 32, 32), seed=22)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "978", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_train", "978", "3d_fullres", "all", "-tr", PLUMBING, "-device", "cpu")
+    assert (nnunet_env.model_folder("Dataset978_ThreeCasesAll", PLUMBING) / "fold_all" / "checkpoint_final.pth"
+            ).is_file()
+
+
+@pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_label_absent_from_every_case_trains_and_predicts(nnunet_env, tmp_path):
     folder = make_dataset(nnunet_env.raw, 983, "Absent", num_train=5, num_test=1, shape=(32, 32, 32), seed=23)
     dataset_json = json.loads((folder / "dataset.json").read_text())
@@ -81,6 +92,7 @@ def test_label_absent_from_every_case_trains_and_predicts(nnunet_env, tmp_path):
 
 
 @pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_extra_channel_files_at_training_are_named_by_nnunet_verification(nnunet_env):
     """dataset.json names one channel but every case has two image files. nnU-Net's preprocessing alone would stop
     with an IndexError; its --verify_dataset_integrity (which the README's workflow runs) says what is wrong."""
@@ -109,6 +121,7 @@ print(json.dumps([first_losses(seed) for seed in (0, 0, 1)]))
 """
 
 
+@pytest.mark.slow
 def test_same_seed_same_first_losses_on_cpu(nnunet_env):
     make_dataset(nnunet_env.raw, 985, "Seed", num_train=5, shape=(32, 32, 32), seed=25)
     nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "985", "-c", "3d_fullres", "-np", "2")

@@ -69,6 +69,7 @@ def test_two_folds_train_and_validate(iso):
 
 
 @pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_val_npz_reruns_validation(iso):
     folder = iso.model_folder(ISO, TRAINER) / "fold_0" / "validation"
     (folder / "summary.json").unlink()
@@ -95,6 +96,7 @@ def test_find_best_configuration(iso):
 
 
 @pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_predictor_api_matches_cli(iso, tmp_path):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -220,12 +222,14 @@ def test_second_copy_of_our_modules_is_refused(iso):
     """nnUNet_extTrainer at a folder inside the package (not its shim folder): one clear error naming the right one."""
     import nnunetv2_lightmedseg
     inside = str(Path(nnunetv2_lightmedseg.__file__).parent / "trainers")
-    proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "3", "-tr", PLUMBING, "-device", "cpu", check=False,
+    proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "3", "-tr", "nnUNetTrainerLightMedSeg_tiny", "-device", "cpu",
+                   check=False,
                    extra_env={"nnUNet_extTrainer": inside})
     assert proc.returncode != 0
     assert "second copy" in proc.stderr and nnunetv2_lightmedseg.EXT_TRAINER_DIR in proc.stderr
 
 
+@pytest.mark.slow  # the anisotropic ACDC plan is built on in test_real_data and trained on in test_gpu_augmentation
 def test_anisotropic_plan(nnunet_env, tmp_path):
     """Few thick slices, many pixels: the plan's strides are anisotropic and the network follows them."""
     make_dataset(nnunet_env.raw, 992, "Aniso", num_train=6, num_test=1, shape=(8, 64, 48), spacing=(6.0, 1.0, 1.0),
@@ -296,6 +300,7 @@ def test_2d_configuration_gives_one_clear_error(iso):
 
 
 @pytest.mark.nnunet_behaviour
+@pytest.mark.slow
 def test_volume_smaller_than_the_patch_is_padded(iso, tmp_path):
     """nnU-Net pads a case smaller than the patch (32^3 here) and crops the prediction back to the case."""
     images, out = tmp_path / "small", tmp_path / "pred"
