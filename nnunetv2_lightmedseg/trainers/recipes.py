@@ -68,10 +68,9 @@ RECIPES: dict[str, TrainingRecipe] = {
 
 
 def get_recipe(name: str) -> TrainingRecipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        raise ValueError(f"Unknown LightMedSeg training recipe {name!r}; available: {', '.join(RECIPES)}") from None
+    if name not in RECIPES:
+        raise ValueError(f"Unknown LightMedSeg training recipe {name!r}; available: {', '.join(RECIPES)}")
+    return RECIPES[name]
 
 
 def optimizer_signature(state: dict) -> tuple:
