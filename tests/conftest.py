@@ -32,7 +32,7 @@ class NnUNetEnv:
             "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
             "nnUNet_results": str(self.results),
             "nnUNet_extTrainer": nnunetv2_lightmedseg.ext_trainer_value(""),
-            "nnUNet_compile": "f", "nnUNet_def_n_proc": "2", "OMP_NUM_THREADS": "2",
+            "nnUNet_compile": "f", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "2",
             "PYTHONWARNINGS": "ignore",
         }
 
@@ -41,6 +41,10 @@ class NnUNetEnv:
         env = {**self.env, **(extra_env or {})}
         if args[0] == "nnUNetv2_train":  # in-process augmentation: deterministic and as fast on 2 cores
             env.setdefault("nnUNet_n_proc_DA", "0")
+        if args[0] == "nnUNetv2_predict":
+            # one preprocessing and one export worker unless a test asks for more (nnU-Net starts 3 + 3): each
+            # spawned worker imports torch and nnU-Net again, 10-12 s of CPU on a 2-core test machine
+            args = (*args, *(f for flag in ("-npp", "-nps") if flag not in args for f in (flag, "1")))
         return [str(BIN / args[0]), *args[1:]], env
 
     def run(self, *args: str, check: bool = True, extra_env: dict | None = None,

@@ -44,14 +44,14 @@ def _dataset_with(nnunet_env, dataset_id: int, name: str, value: float):
 def test_nan_in_images_stops_nnunet_preprocessing_with_its_message(nnunet_env):
     _dataset_with(nnunet_env, 981, "NaN", np.nan)
     for extra in (["--verify_dataset_integrity"], []):
-        proc = nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "981", "-c", "3d_fullres", "-np", "2", *extra,
+        proc = nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "981", "-c", "3d_fullres", "-np", "1", *extra,
                               check=False)
         assert proc.returncode != 0 and "NaN" in _output(proc)
 
 
 def test_inf_in_images_is_one_clear_error_at_training(nnunet_env):
     _dataset_with(nnunet_env, 986, "Inf", np.inf)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "986", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "986", "-c", "3d_fullres", "-np", "1")
     train = nnunet_env.run("nnUNetv2_train", "986", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
                            check=False)
     assert train.returncode != 0
@@ -60,7 +60,7 @@ def test_inf_in_images_is_one_clear_error_at_training(nnunet_env):
 
 def test_fewer_than_five_cases_without_splits(nnunet_env):
     make_dataset(nnunet_env.raw, 982, "ThreeCases", num_train=3, shape=(32, 32, 32), seed=22)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "982", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "982", "-c", "3d_fullres", "-np", "1")
     fold0 = nnunet_env.run("nnUNetv2_train", "982", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
                            check=False)
     assert fold0.returncode != 0 and "Only 3 training case(s)" in _output(fold0) and "fold 'all'" in _output(fold0)
@@ -70,7 +70,7 @@ def test_fewer_than_five_cases_without_splits(nnunet_env):
 def test_fewer_than_five_cases_train_fold_all(nnunet_env):
     """The advice of the error above works: fold 'all' trains on three cases."""
     make_dataset(nnunet_env.raw, 978, "ThreeCasesAll", num_train=3, shape=(32, 32, 32), seed=22)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "978", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "978", "-c", "3d_fullres", "-np", "1")
     nnunet_env.run("nnUNetv2_train", "978", "3d_fullres", "all", "-tr", PLUMBING, "-device", "cpu")
     assert (nnunet_env.model_folder("Dataset978_ThreeCasesAll", PLUMBING) / "fold_all" / "checkpoint_final.pth"
             ).is_file()
@@ -83,7 +83,7 @@ def test_label_absent_from_every_case_trains_and_predicts(nnunet_env, tmp_path):
     dataset_json = json.loads((folder / "dataset.json").read_text())
     dataset_json["labels"]["absent"] = max(dataset_json["labels"].values()) + 1
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "983", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "983", "-c", "3d_fullres", "-np", "1")
     nnunet_env.run("nnUNetv2_train", "983", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
     out = tmp_path / "pred"
     nnunet_env.run("nnUNetv2_predict", "-i", str(folder / "imagesTs"), "-o", str(out), "-d", "983", "-c",
@@ -99,7 +99,7 @@ def test_extra_channel_files_at_training_are_named_by_nnunet_verification(nnunet
     folder = make_dataset(nnunet_env.raw, 984, "ExtraChannel", num_train=5, shape=(32, 32, 32), seed=24)
     for image_file in list((folder / "imagesTr").glob("*_0000.nii.gz")):
         shutil.copy(image_file, str(image_file).replace("_0000.nii.gz", "_0001.nii.gz"))
-    proc = nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "984", "-c", "3d_fullres", "-np", "2",
+    proc = nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "984", "-c", "3d_fullres", "-np", "1",
                           "--verify_dataset_integrity", check=False)
     assert proc.returncode != 0 and "Unexpected number of modalities" in _output(proc)
 
@@ -124,7 +124,7 @@ print(json.dumps([first_losses(seed) for seed in (0, 0, 1)]))
 @pytest.mark.slow
 def test_same_seed_same_first_losses_on_cpu(nnunet_env):
     make_dataset(nnunet_env.raw, 985, "Seed", num_train=5, shape=(32, 32, 32), seed=25)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "985", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "985", "-c", "3d_fullres", "-np", "1")
     # augmentation in the training process (nnUNet_n_proc_DA=0), drawn from the seeded generators
     env = {**nnunet_env.env, "nnUNet_n_proc_DA": "0"}
     proc = subprocess.run([sys.executable, "-c", FIRST_LOSSES, PLUMBING], env=env, capture_output=True, text=True,

@@ -61,7 +61,7 @@ def planned(nnunet_env):
     make_dataset(nnunet_env.raw, 994, "BaselineIso", num_train=5, num_test=1, shape=(32, 32, 32), seed=11)
     make_dataset(nnunet_env.raw, 995, "BaselineAniso", num_train=5, num_test=1, shape=(10, 48, 40),
                  spacing=(6.0, 1.0, 1.0), seed=12)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "994", "995", "-c", "3d_fullres", "-np", "2", "--no_pp")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "994", "995", "-c", "3d_fullres", "-np", "1", "--no_pp")
     for dataset, patch in PLANNED.items():
         assert _plans(nnunet_env, dataset)["configurations"]["3d_fullres"]["patch_size"] == patch
     return nnunet_env
@@ -69,7 +69,7 @@ def planned(nnunet_env):
 
 @pytest.fixture(scope="module")
 def preprocessed(planned):
-    planned.run("nnUNetv2_preprocess", "-d", "994", "995", "-c", "3d_fullres", "-np", "2")
+    planned.run("nnUNetv2_preprocess", "-d", "994", "995", "-c", "3d_fullres", "-np", "1")
     yield planned
     for checkpoint in planned.results.glob("Dataset99[45]_*/*/fold_*/*.pth"):  # 0.3-1.1 GB each
         checkpoint.unlink()

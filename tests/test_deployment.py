@@ -43,7 +43,7 @@ def model(nnunet_env, tmp_path_factory):
     """Fold 0 of a tiny model, its held-out cases predicted by nnUNetv2_predict (with probabilities), and the ONNX
     file `lightmedseg export` wrote from it, with what the command printed."""
     make_dataset(nnunet_env.raw, 996, "Deploy", num_train=5, num_test=2, shape=(32, 32, 32), seed=7)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "996", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "996", "-c", "3d_fullres", "-np", "1")
     nnunet_env.run("nnUNetv2_train", "996", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu")
     tmp = tmp_path_factory.mktemp("deployment")
     raw = nnunet_env.raw / DATASET

@@ -50,7 +50,7 @@ def _score(env, dataset: str, predictions: Path) -> dict:
 def iso(nnunet_env):
     """10 training + 2 labelled test cases of 32^3, planned and preprocessed; folds 0 and 1 trained with --npz."""
     make_dataset(nnunet_env.raw, 991, "Iso", num_train=10, num_test=2, shape=(32, 32, 32), seed=1)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "1")
     for fold in ("0", "1"):
         nnunet_env.run("nnUNetv2_train", "991", "3d_fullres", fold, "-tr", TRAINER, "-device", "cpu", "--npz")
     return nnunet_env
@@ -234,7 +234,7 @@ def test_anisotropic_plan(nnunet_env, tmp_path):
     """Few thick slices, many pixels: the plan's strides are anisotropic and the network follows them."""
     make_dataset(nnunet_env.raw, 992, "Aniso", num_train=6, num_test=1, shape=(8, 64, 48), spacing=(6.0, 1.0, 1.0),
                  seed=2)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "1")
     config = _plans(nnunet_env, ANISO)["configurations"]["3d_fullres"]
     strides = config["architecture"]["arch_kwargs"]["strides"]
     assert any(s[0] == 1 and s[1] == 2 for s in strides[1:]), f"expected in-plane-only pooling, plan has {strides}"
@@ -248,7 +248,7 @@ def test_anisotropic_plan(nnunet_env, tmp_path):
 def test_region_based_two_channels(nnunet_env, tmp_path):
     """BraTS-like: two channels, nested regions trained with sigmoid outputs, predicted back to labels."""
     make_dataset(nnunet_env.raw, 993, "Regions", num_train=6, num_test=1, shape=(32, 32, 32), regions=True, seed=3)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "1")
     nnunet_env.run("nnUNetv2_train", "993", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
     checkpoint = torch.load(nnunet_env.model_folder(REGIONS, PLUMBING) / "fold_0" / "checkpoint_final.pth",
                             map_location="cpu", weights_only=False)

@@ -32,7 +32,7 @@ def planned(request, nnunet_env, shared_dataset):
     if not raw.exists():
         raw.symlink_to(source, target_is_directory=True)
     dataset_id = name[len("Dataset"):len("Dataset") + 3]
-    nnunet_env.run("nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", "2")
+    nnunet_env.run("nnUNetv2_extract_fingerprint", "-d", dataset_id, "-np", "1")
     nnunet_env.run("nnUNetv2_plan_experiment", "-d", dataset_id)
     return name, dataset_id, json.loads((nnunet_env.preprocessed / name / "nnUNetPlans.json").read_text())
 
@@ -54,7 +54,7 @@ def test_trainer_builds_on_the_real_plan(planned):
 def test_trainer_trains_a_few_iterations_on_real_data(planned, nnunet_env, shared_dataset):
     """Preprocess the real dataset and train 2 epochs x 10 iterations (minutes on a 2-core CPU)."""
     name, dataset_id, _ = planned
-    nnunet_env.run("nnUNetv2_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_preprocess", "-d", dataset_id, "-c", "3d_fullres", "-np", "1")
     splits = shared_dataset(name) / "splits_final.json"
     if splits.is_file():
         shutil.copy(splits, nnunet_env.preprocessed / name / "splits_final.json")

@@ -17,7 +17,7 @@ DATASET = "979"
 def planned(nnunet_env, monkeypatch_module):
     """6 training cases of 32^3, planned and preprocessed; nnU-Net's folders in this process's environment."""
     make_dataset(nnunet_env.raw, 979, "Recipes", num_train=6, num_test=0, shape=(32, 32, 32), seed=4)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "2")
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "1")
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch_module.setenv(key, nnunet_env.env[key])
     monkeypatch_module.setenv("nnUNet_n_proc_DA", "0")
