@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from common import RESULTS, cell
+from nnunetv2_lightmedseg.trainers.budgets import NAME as BUDGET_NAME
+from nnunetv2_lightmedseg.trainers.recipes import RECIPES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LIGHTMEDSEG, REFERENCE = "LightMedSeg-paper", "nnU-Net default (PlainConvUNet)"
@@ -210,6 +212,62 @@ def accuracy_tables() -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def recipe_of(row: dict[str, Any]) -> Optional[str]:
+    """The training recipe of a LightMedSeg row of the full network (``nnUNetTrainerLightMedSeg`` or a recipe
+    variant, ``nnUNetTrainerLightMedSeg_<recipe>``, at any length), None for every other row. Rows written before
+    accuracy.py recorded recipes (no ``recipe`` key) were trained with the only recipe there was, nnU-Net's SGD."""
+    match = BUDGET_NAME.match(row["trainer"])
+    base = match["base"] if match else row["trainer"]
+    variant = base.removeprefix("nnUNetTrainerLightMedSeg")
+    if base != "nnUNetTrainerLightMedSeg" and variant.removeprefix("_") not in RECIPES:
+        return None
+    return row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
+
+
+def recipe_sweep_table() -> str:
+    return recipe_sweep({file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
+                         for file in sorted(RESULTS.glob("accuracy_*.json"))})
+
+
+def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
+    """One row per recipe and set of trainings: LightMedSeg's validation Dice per class, mean over the folds, and
+    nnU-Net default's on the same folds of the same table (the same run), where a table has it. Trainings that two
+    tables share (the same nnU-Net training logs) are one row naming both."""
+    entries: dict[tuple, dict[str, Any]] = {}
+    for name, table in tables.items():
+        meta = table["metadata"]
+        if meta.get("smoke_test"):
+            continue
+        rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0]
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in rows:
+            recipe = recipe_of(row)
+            if recipe is not None:
+                groups.setdefault((recipe, row["trainer"]), []).append(row)
+        for (recipe, trainer), runs in groups.items():
+            folds = sorted(r["fold"] for r in runs)
+            logs = tuple(sorted(log for r in runs for log in r.get("training_logs", [])))
+            entry = entries.setdefault((recipe, logs or (name, trainer)), {
+                "recipe": recipe, "tables": [], "meta": meta, "folds": folds, "reference": None,
+                "mean": sum(r["mean_dice"] for r in runs) / len(runs),
+                "per_class": ", ".join(f"{c} {sum(r[c]['dice'] for r in runs) / len(runs):.3f}"
+                                       for c in table["classes"])})
+            entry["tables"].append(name)
+            reference = [r["mean_dice"] for r in rows if BUDGET_NAME.sub(r"\g<base>", r["trainer"]) == "nnUNetTrainer"
+                         and r["fold"] in folds]
+            if entry["reference"] is None and len(reference) == len(folds):
+                entry["reference"] = sum(reference) / len(reference)
+    lines = ["| Recipe | Table | Dataset | Budget (epochs x iterations) | Folds | Dice per class | Mean Dice | "
+             "nnU-Net default, same run and folds | Difference |", "|---|---|---|---|---|---|---:|---:|---:|"]
+    for e in entries.values():
+        meta, budget, ref = e["meta"], e["meta"]["budget"], e["reference"]
+        lines.append(f"| {e['recipe']} | {', '.join(f'`{t}`' for t in e['tables'])} | {meta['dataset']} | "
+                     f"{budget['epochs']} x {budget['iterations_per_epoch']} | {','.join(map(str, e['folds']))} | "
+                     f"{e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
+                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def accuracy_run_to_run() -> str:
     tables = {file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
               for file in sorted(RESULTS.glob("accuracy_*.json"))}
@@ -265,7 +323,8 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "multi-gpu-result": multi_gpu_result, "demo-result": demo_result, "complexity-table": complexity_table,
     "speed-gpu-table": speed_gpu_table, "speed-gpu-baselines-table": speed_gpu_baselines_table,
     "speed-cpu-table": speed_cpu_table, "speed-onnx-table": speed_onnx_table, "accuracy-tables": accuracy_tables,
-    "accuracy-run-to-run": accuracy_run_to_run, "stability-table": stability_table,
+    "accuracy-run-to-run": accuracy_run_to_run, "recipe-sweep-table": recipe_sweep_table,
+    "stability-table": stability_table,
 }
 
 

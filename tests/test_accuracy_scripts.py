@@ -77,6 +77,28 @@ def test_run_to_run_names_each_repeated_training_once():
     assert readme_tables.run_to_run({"acdc_ablation": again, "acdc_data_efficiency": again}) == ""
 
 
+def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
+    adamw = {"name": "adamw", "optimizer": "adamw", "learning_rate": 2e-3}
+    recorded = {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg_20epochs", 0, 0.88), "recipe": adamw},
+                                  {**_row("nnUNetTrainerLightMedSeg_20epochs", 1, 0.86), "recipe": adamw},
+                                  _row("nnUNetTrainer_20epochs", 0, 0.90), _row("nnUNetTrainer_20epochs", 1, 0.90),
+                                  _row("nnUNetTrainerLightMedSeg_nnUNetSGD_20epochs", 0, 0.84),
+                                  _row("nnUNetTrainerLightMedSeg_noFiLM_20epochs", 0, 0.87)]}
+    shared = {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg", 0, 0.80), "training_logs": ["a.txt"]}]}
+    again = {**shared, "rows": shared["rows"] + [_row("nnUNetTrainer", 0, 0.82)]}
+    tables = {"old": TABLE, "new": recorded, "shared": shared, "again": again}
+    lines = [line.replace(" | Dataset027_ACDC | ", " | ") for line in
+             readme_tables.recipe_sweep(tables).splitlines()[2:]]
+    assert lines == [
+        # written before recipes were recorded: nnU-Net's SGD; fold 1 has no nnU-Net default row to compare with
+        "| nnUNetSGD | `old` | 10 x 100 | 0,1 | RV 0.850, MYO 0.850, LV 0.850 | 0.850 |  |  |",
+        "| adamw | `new` | 10 x 100 | 0,1 | RV 0.870, MYO 0.870, LV 0.870 | 0.870 | 0.900 | -0.030 |",
+        "| nnUNetSGD | `new` | 10 x 100 | 0 | RV 0.840, MYO 0.840, LV 0.840 | 0.840 | 0.900 | -0.060 |",
+        # one training in two tables: one row, compared where a table has nnU-Net default
+        "| nnUNetSGD | `shared`, `again` | 10 x 100 | 0 | RV 0.800, MYO 0.800, LV 0.800 | 0.800 | 0.820 | -0.020 |",
+    ]
+
+
 def test_fraction_folds_are_appended_once_and_keep_patients_whole(tmp_path):
     cases = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 21) for f in (1, 12)]
     splits = [{"train": [c for c in cases if int(c[7:10]) % 5 != k], "val": [c for c in cases if int(c[7:10]) % 5 == k]}
