@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from common import RESULTS
+from nnunetv2_lightmedseg.trainers.budgets import NAME as BUDGET_NAME
 
 
 def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,10 +37,21 @@ def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for key, rows in rows_of.items():
             if len(rows) > len(groups.get(key, [])):
                 groups[key] = rows
+    budgets = {(t["metadata"]["dataset"], r["trainer"]): t["metadata"]["budget"] for t in tables for r in t["rows"]}
     return [{"dataset": dataset, "trainer": trainer, "params": rows[0]["params"], "gflops": rows[0].get("gflops"),
+             "budget": budgets[dataset, trainer],
              "dice": float(np.mean([r["mean_dice"] for r in rows])),
              "dice_sd": float(np.std([r["mean_dice"] for r in rows])), "folds": len(rows)}
             for (dataset, trainer), rows in groups.items()]
+
+
+def label_of(point: dict[str, Any]) -> str:
+    """The trainer without its length (nnU-Net's ``nnUNetTrainer`` as nnU-Net default), the budget, the folds."""
+    match = BUDGET_NAME.match(point["trainer"])
+    name = (match["base"] if match else point["trainer"]).replace("nnUNetTrainer", "") or "nnU-Net default"
+    budget, folds = point["budget"], point["folds"]
+    return (f"{name}, {budget['epochs']} x {budget['iterations_per_epoch']} it. "
+            f"({folds} fold{'s' if folds > 1 else ''})")
 
 
 def plot(data: list[dict[str, Any]], out: Path, width_px: int = 1400) -> Path:
@@ -55,8 +67,7 @@ def plot(data: list[dict[str, Any]], out: Path, width_px: int = 1400) -> Path:
             # a legend, not labels at the points: the ablation variants lie too close together to label
             ax.errorbar(point[key], point["dice"], yerr=point["dice_sd"], fmt=markers[i % len(markers)],
                         color=colours[i % len(colours)], capsize=3,
-                        label=f"{point['trainer'].replace('nnUNetTrainer', '') or 'nnU-Net default'} "
-                              f"({point['folds']} fold{'s' if point['folds'] > 1 else ''})")
+                        label=label_of(point))
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(True, which="both", alpha=0.3)
@@ -65,7 +76,7 @@ def plot(data: list[dict[str, Any]], out: Path, width_px: int = 1400) -> Path:
     fig.suptitle(f"Accuracy against cost: {', '.join(datasets)}")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 0.8, 1))
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
