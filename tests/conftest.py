@@ -2,6 +2,7 @@
 torch thread; and the benchmark scripts importable as modules (``import complexity``), as they import each other."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -10,13 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock  # a dependency of torch
 
 import nnunetv2_lightmedseg
+from nnunetv2_lightmedseg.synthetic import make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: the README's test command runs pytest-xdist workers (one per core), which share the cores: OpenMP threads of two
+#: processes spinning on one core make tiny 3D convolutions many times slower
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    torch.set_num_threads(THREADS)
+
 
 
 class NnUNetEnv:
@@ -32,7 +43,7 @@ class NnUNetEnv:
             "nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
             "nnUNet_results": str(self.results),
             "nnUNet_extTrainer": nnunetv2_lightmedseg.ext_trainer_value(""),
-            "nnUNet_compile": "f", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": "2",
+            "nnUNet_compile": "f", "nnUNet_def_n_proc": "1", "OMP_NUM_THREADS": str(min(2, THREADS)),
             "PYTHONWARNINGS": "ignore",
         }
 
@@ -63,7 +74,45 @@ class NnUNetEnv:
 
 @pytest.fixture(scope="session")
 def nnunet_env(tmp_path_factory) -> NnUNetEnv:
-    return NnUNetEnv(tmp_path_factory.mktemp("nnunet"))
+    """One nnU-Net root for the session, shared by its xdist workers (each module uses datasets of its own ids)."""
+    base = tmp_path_factory.getbasetemp()
+    return NnUNetEnv((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "nnunet")
+
+
+@contextlib.contextmanager
+def made_once(env: NnUNetEnv, name: str) -> Iterator[bool]:
+    """Whether to make ``name`` in ``env``: true for the first worker that asks; the others wait until it is made."""
+    with FileLock(env.root / f"{name}.lock"):
+        done = env.root / f"{name}.done"
+        make = not done.exists()
+        yield make
+        if make:
+            done.touch()
+
+
+#: the generated dataset that most nnU-Net command tests share (each plan costs most of a minute on 2 cores), and the
+#: trainer of its two trained folds: it learns enough to beat chance on the generated data
+ISO, ISO_TRAINER = "Dataset991_Iso", "nnUNetTrainerLightMedSeg_5epochs_30iters"
+
+
+@pytest.fixture(scope="session")
+def iso_planned(nnunet_env) -> NnUNetEnv:
+    """10 training + 2 labelled test cases of 32^3, planned and preprocessed."""
+    with made_once(nnunet_env, "iso_planned") as make:
+        if make:
+            make_dataset(nnunet_env.raw, 991, "Iso", num_train=10, num_test=2, shape=(32, 32, 32), seed=1)
+            nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "1")
+    return nnunet_env
+
+
+@pytest.fixture(scope="session")
+def iso(iso_planned) -> NnUNetEnv:
+    """``iso_planned`` with folds 0 and 1 of ``ISO_TRAINER`` trained (--npz). Tests read these folders; one that
+    changes a model folder works on a copy."""
+    with made_once(iso_planned, "iso") as make:
+        for fold in ("0", "1") if make else ():
+            iso_planned.run("nnUNetv2_train", "991", "3d_fullres", fold, "-tr", ISO_TRAINER, "-device", "cpu", "--npz")
+    return iso_planned
 
 
 @pytest.fixture(scope="session")

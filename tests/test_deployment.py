@@ -1,13 +1,12 @@
 """Deployment and pictures: ``lightmedseg export`` (ONNX + parity), ``predict-onnx`` (ONNX Runtime inside nnU-Net's
-predictor), ``show`` and ``anchors``, on ONE tiny model trained for the whole module with the stock nnU-Net commands
-(CPU). The CLI runs in-process through ``cli.main``.
+predictor), ``show`` and ``anchors``, on the two folds of the tiny model that the nnU-Net command tests train with the
+stock commands (``iso`` in conftest.py, CPU). The CLI runs in-process through ``cli.main``.
 """
 from __future__ import annotations
 
 import contextlib
 import io
 import re
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,15 +14,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import ISO as DATASET
+from conftest import ISO_TRAINER as TRAINER
 
 from nnunetv2_lightmedseg import cli, export, figures
-from nnunetv2_lightmedseg.synthetic import make_dataset
 
 pytest.importorskip("onnxruntime", reason='needs the onnx extra: pip install "nnunetv2-lightmedseg[onnx]"')
 pytest.importorskip("matplotlib", reason='needs the figures extra: pip install "nnunetv2-lightmedseg[figures]"')
 
-DATASET, TRAINER = "Dataset996_Deploy", "nnUNetTrainerLightMedSeg_2epochs_10iters"
-CASES = ("deploy_ts000", "deploy_ts001")
+CASES = ("iso_ts000", "iso_ts001")
 
 
 def _main(*args: str) -> tuple[int, str, str]:
@@ -39,15 +38,13 @@ def _read(path: Path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model(nnunet_env, tmp_path_factory):
-    """Fold 0 of a tiny model, its held-out cases predicted by nnUNetv2_predict (with probabilities), and the ONNX
+def model(iso, tmp_path_factory):
+    """Fold 0 of the tiny model, its held-out cases predicted by nnUNetv2_predict (with probabilities), and the ONNX
     file `lightmedseg export` wrote from it, with what the command printed."""
-    make_dataset(nnunet_env.raw, 996, "Deploy", num_train=5, num_test=2, shape=(32, 32, 32), seed=7)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "996", "-c", "3d_fullres", "-np", "1")
-    nnunet_env.run("nnUNetv2_train", "996", "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu")
+    nnunet_env = iso
     tmp = tmp_path_factory.mktemp("deployment")
     raw = nnunet_env.raw / DATASET
-    nnunet_env.run("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp / "torch"), "-d", "996",
+    nnunet_env.run("nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(tmp / "torch"), "-d", "991",
                    "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
                    "--save_probabilities")
     folder = nnunet_env.model_folder(DATASET, TRAINER)
@@ -79,14 +76,7 @@ def test_dynamic_batch_and_another_exported_size(model):
 
 def test_ensemble_of_folds_is_the_mean_of_their_logits(model, tmp_path):
     """Two folds make one graph whose logits are the mean of the folds' own (nnU-Net's fold ensembling)."""
-    folder = tmp_path / model.folder.name
-    shutil.copytree(model.folder, folder, ignore=shutil.ignore_patterns("*.npz", "validation", "checkpoint_best.pth"))
-    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    generator = torch.Generator().manual_seed(0)
-    checkpoint["network_weights"] = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point()
-                                     else v for k, v in checkpoint["network_weights"].items()}
-    (folder / "fold_1").mkdir()
-    torch.save(checkpoint, folder / "fold_1" / "checkpoint_final.pth")
+    folder = model.folder
     summary = export.export_and_check(folder, tmp_path / "ensemble.onnx")  # default: every fold
     assert summary["folds"] == [0, 1] and max(summary["max_abs_logit_difference"].values()) < 1e-4
     x = torch.randn(1, 1, 32, 32, 32)

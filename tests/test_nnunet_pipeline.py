@@ -20,14 +20,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import ISO
+from conftest import ISO_TRAINER as TRAINER
 from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
 
 from nnunetv2_lightmedseg.synthetic import make_dataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TRAINER = "nnUNetTrainerLightMedSeg_5epochs_30iters"  # learns enough to beat chance on the generated data
 PLUMBING = "nnUNetTrainerLightMedSeg_2epochs_10iters"  # for what needs no learning
-ISO, ANISO, REGIONS = "Dataset991_Iso", "Dataset992_Aniso", "Dataset993_Regions"
+ANISO, REGIONS = "Dataset992_Aniso", "Dataset993_Regions"
 
 
 def _plans(env, dataset: str) -> dict:
@@ -44,16 +45,6 @@ def _score(env, dataset: str, predictions: Path) -> dict:
                                str(env.raw / dataset / "dataset.json"),
                                str(env.preprocessed / dataset / "nnUNetPlans.json"), num_processes=1)
     return load_summary_json(str(predictions / "summary.json"))
-
-
-@pytest.fixture(scope="module")
-def iso(nnunet_env):
-    """10 training + 2 labelled test cases of 32^3, planned and preprocessed; folds 0 and 1 trained with --npz."""
-    make_dataset(nnunet_env.raw, 991, "Iso", num_train=10, num_test=2, shape=(32, 32, 32), seed=1)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "991", "-c", "3d_fullres", "-np", "1")
-    for fold in ("0", "1"):
-        nnunet_env.run("nnUNetv2_train", "991", "3d_fullres", fold, "-tr", TRAINER, "-device", "cpu", "--npz")
-    return nnunet_env
 
 
 def test_two_folds_train_and_validate(iso):

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TEST_COMMAND = 'bash scripts/bootstrap.sh && .venv/bin/python -m pytest -q -m "not slow"'
+TEST_COMMAND = 'bash scripts/bootstrap.sh && .venv/bin/python -m pytest -q -m "not slow" -n auto --dist loadfile'
 DEMO_COMMAND = "bash scripts/bootstrap.sh && .venv/bin/lightmedseg demo"
 
 

@@ -7,17 +7,15 @@ import torch
 
 import nnunetv2_lightmedseg
 from nnunetv2_lightmedseg import trainers
-from nnunetv2_lightmedseg.synthetic import make_dataset
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
 
-DATASET = "979"
+DATASET = "991"  # conftest's iso_planned
 
 
 @pytest.fixture(scope="module")
-def planned(nnunet_env, monkeypatch_module):
-    """6 training cases of 32^3, planned and preprocessed; nnU-Net's folders in this process's environment."""
-    make_dataset(nnunet_env.raw, 979, "Recipes", num_train=6, num_test=0, shape=(32, 32, 32), seed=4)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", DATASET, "-c", "3d_fullres", "-np", "1")
+def planned(iso_planned, monkeypatch_module):
+    """The shared generated dataset, planned and preprocessed; nnU-Net's folders in this process's environment."""
+    nnunet_env = iso_planned
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch_module.setenv(key, nnunet_env.env[key])
     monkeypatch_module.setenv("nnUNet_n_proc_DA", "0")
