@@ -3,6 +3,7 @@ torch thread; and the benchmark scripts importable as modules (``import complexi
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -70,6 +71,17 @@ class NnUNetEnv:
 
     def model_folder(self, dataset: str, trainer: str, configuration: str = "3d_fullres") -> Path:
         return self.results / dataset / f"{trainer}__nnUNetPlans__{configuration}"
+
+    def plans(self, dataset: str) -> dict:
+        return json.loads((self.preprocessed / dataset / "nnUNetPlans.json").read_text())
+
+    def score(self, dataset: str, predictions: Path) -> dict:
+        """nnU-Net's own evaluation of a prediction folder against the dataset's labelsTs (labels or regions)."""
+        from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
+        compute_metrics_on_folder2(str(self.raw / dataset / "labelsTs"), str(predictions),
+                                   str(self.raw / dataset / "dataset.json"),
+                                   str(self.preprocessed / dataset / "nnUNetPlans.json"), num_processes=1)
+        return load_summary_json(str(predictions / "summary.json"))
 
 
 @pytest.fixture(scope="session")

@@ -40,10 +40,6 @@ EXPECTED_PATCH = {
 NUM_OUTPUTS = 4  # background + 3 labels
 
 
-def _plans(env, dataset: str) -> dict:
-    return json.loads((env.preprocessed / dataset / "nnUNetPlans.json").read_text())
-
-
 def _configuration(patch_size: list[int], batch_size: int) -> dict:
     """A plan's configuration as far as the rounding reads it (nnU-Net requires an architecture entry)."""
     return {"patch_size": patch_size, "batch_size": batch_size,
@@ -63,7 +59,7 @@ def planned(nnunet_env):
                  spacing=(6.0, 1.0, 1.0), seed=12)
     nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "994", "995", "-c", "3d_fullres", "-np", "1", "--no_pp")
     for dataset, patch in PLANNED.items():
-        assert _plans(nnunet_env, dataset)["configurations"]["3d_fullres"]["patch_size"] == patch
+        assert nnunet_env.plans(dataset)["configurations"]["3d_fullres"]["patch_size"] == patch
     return nnunet_env
 
 
@@ -162,7 +158,7 @@ def test_trainer_rounds_patch_and_network_trains_at_it(planned, monkeypatch, tra
         monkeypatch.setenv(key, planned.env[key])
     torch.manual_seed(0)
     cls = getattr(trainers, trainer)
-    plans = {**_plans(planned, dataset), "continue_training": False}
+    plans = {**planned.plans(dataset), "continue_training": False}
     dataset_json = json.loads((planned.preprocessed / dataset / "dataset.json").read_text())
     instance = cls(plans, "3d_fullres", 0, dataset_json, torch.device("cpu"))
     patch = EXPECTED_PATCH[(trainer, dataset)]

@@ -1,13 +1,13 @@
 """The stock nnU-Net commands with nnUNetTrainerLightMedSeg on tiny generated data (CPU, subprocesses).
 
 Covers: plan and preprocess, two folds, --c after a killed run, --val --npz, nnUNetv2_predict over two folds,
-nnUNetv2_find_best_configuration, the nnUNetPredictor API, scoring with nnU-Net's own evaluation, an
-anisotropic plan, a region-based two-channel dataset, and the clear errors.
+nnUNetv2_find_best_configuration, the nnUNetPredictor API, scoring with nnU-Net's own evaluation, and the clear
+errors. Other datasets (anisotropic, region-based) are in test_nnunet_datasets.py, users' trainers in
+test_user_trainers.py: apart, so that the test workers run them side by side.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,29 +22,13 @@ import SimpleITK as sitk
 import torch
 from conftest import ISO
 from conftest import ISO_TRAINER as TRAINER
-from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder2, load_summary_json
-
-from nnunetv2_lightmedseg.synthetic import make_dataset
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PLUMBING = "nnUNetTrainerLightMedSeg_2epochs_10iters"  # for what needs no learning
-ANISO, REGIONS = "Dataset992_Aniso", "Dataset993_Regions"
-
-
-def _plans(env, dataset: str) -> dict:
-    return json.loads((env.preprocessed / dataset / "nnUNetPlans.json").read_text())
 
 
 def _mean_foreground_dice(summary: dict) -> float:
     return summary["foreground_mean"]["Dice"]
-
-
-def _score(env, dataset: str, predictions: Path) -> dict:
-    """nnU-Net's own evaluation of a prediction folder against the dataset's labelsTs (labels or regions)."""
-    compute_metrics_on_folder2(str(env.raw / dataset / "labelsTs"), str(predictions),
-                               str(env.raw / dataset / "dataset.json"),
-                               str(env.preprocessed / dataset / "nnUNetPlans.json"), num_processes=1)
-    return load_summary_json(str(predictions / "summary.json"))
 
 
 def test_two_folds_train_and_validate(iso):
@@ -75,7 +59,7 @@ def test_predict_two_folds_scores_above_chance(iso, tmp_path):
             "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "1", "-device", "cpu", "-npp", "1", "-nps", "1")
     labels = iso.raw / ISO / "labelsTs"
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in labels.iterdir())
-    summary = _score(iso, ISO, out)
+    summary = iso.score(ISO, out)
     # an untrained network predicts background or noise (Dice ~0); a few iterations already beat that
     assert _mean_foreground_dice(summary) > 0.05, summary["mean"]
 
@@ -173,96 +157,6 @@ def test_resume_after_kill(iso):
     assert len(final["logging"]["train_losses"]) == 2, "epoch 0 kept, epoch 1 retrained: nothing else lost"
 
 
-USER_VARIANT = """
-import torch
-from nnunetv2_lightmedseg.trainers import nnUNetTrainerLightMedSeg_2epochs_10iters
-
-
-class nnUNetTrainerLightMedSeg_myLR(nnUNetTrainerLightMedSeg_2epochs_10iters):
-    epochs = {epochs}
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.initial_lr = 3e-3
-"""
-
-
-def test_user_subclass_in_own_folder_trains_resumes_and_predicts(iso, tmp_path):
-    """A user's variant, subclassing ours in a module of the user's own folder on nnUNet_extTrainer beside ours
-    (nnU-Net's way of adding trainers): nnUNetv2_train trains it, --c continues it, nnUNetv2_predict uses it."""
-    folder = tmp_path / "my_trainers"
-    folder.mkdir()
-    ext = {"nnUNet_extTrainer": f"{folder}{os.pathsep}{iso.env['nnUNet_extTrainer']}"}
-    trainer = "nnUNetTrainerLightMedSeg_myLR"
-    fold_dir = iso.model_folder(ISO, trainer) / "fold_0"
-    (folder / "my_variants.py").write_text(USER_VARIANT.format(epochs=1))
-    iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", extra_env=ext)
-    assert torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)["current_epoch"] == 1
-    (folder / "my_variants.py").write_text(USER_VARIANT.format(epochs=2))  # the user extends the training
-    iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "--c", extra_env=ext)
-    final = torch.load(fold_dir / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert final["current_epoch"] == 2 and len(final["logging"]["train_losses"]) == 2
-    assert final["optimizer_state"]["param_groups"][0]["initial_lr"] == 3e-3
-    out = tmp_path / "pred"
-    iso.run("nnUNetv2_predict", "-i", str(iso.raw / ISO / "imagesTs"), "-o", str(out), "-d", "991", "-c",
-            "3d_fullres", "-tr", trainer, "-f", "0", "-device", "cpu", "--disable_tta", extra_env=ext)
-    assert len(list(out.glob("*.nii.gz"))) == 2
-
-
-def test_second_copy_of_our_modules_is_refused(iso):
-    """nnUNet_extTrainer at a folder inside the package (not its shim folder): one clear error naming the right one."""
-    import nnunetv2_lightmedseg
-    inside = str(Path(nnunetv2_lightmedseg.__file__).parent / "trainers")
-    proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "3", "-tr", "nnUNetTrainerLightMedSeg_tiny", "-device", "cpu",
-                   check=False,
-                   extra_env={"nnUNet_extTrainer": inside})
-    assert proc.returncode != 0
-    assert "second copy" in proc.stderr and nnunetv2_lightmedseg.EXT_TRAINER_DIR in proc.stderr
-
-
-@pytest.mark.slow  # the anisotropic ACDC plan is built on in test_real_data and trained on in test_gpu_augmentation
-def test_anisotropic_plan(nnunet_env, tmp_path):
-    """Few thick slices, many pixels: the plan's strides are anisotropic and the network follows them."""
-    make_dataset(nnunet_env.raw, 992, "Aniso", num_train=6, num_test=1, shape=(8, 64, 48), spacing=(6.0, 1.0, 1.0),
-                 seed=2)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "992", "-c", "3d_fullres", "-np", "1")
-    config = _plans(nnunet_env, ANISO)["configurations"]["3d_fullres"]
-    strides = config["architecture"]["arch_kwargs"]["strides"]
-    assert any(s[0] == 1 and s[1] == 2 for s in strides[1:]), f"expected in-plane-only pooling, plan has {strides}"
-    nnunet_env.run("nnUNetv2_train", "992", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
-    out = tmp_path / "pred"
-    nnunet_env.run("nnUNetv2_predict", "-i", str(nnunet_env.raw / ANISO / "imagesTs"), "-o", str(out), "-d", "992",
-                   "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta")
-    assert len(list(out.glob("*.nii.gz"))) == 1
-
-
-def test_region_based_two_channels(nnunet_env, tmp_path):
-    """BraTS-like: two channels, nested regions trained with sigmoid outputs, predicted back to labels."""
-    make_dataset(nnunet_env.raw, 993, "Regions", num_train=6, num_test=1, shape=(32, 32, 32), regions=True, seed=3)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "993", "-c", "3d_fullres", "-np", "1")
-    nnunet_env.run("nnUNetv2_train", "993", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu")
-    checkpoint = torch.load(nnunet_env.model_folder(REGIONS, PLUMBING) / "fold_0" / "checkpoint_final.pth",
-                            map_location="cpu", weights_only=False)
-    assert checkpoint["network_weights"]["stem.primary.weight"].shape[1] == 2, "two input channels"
-    assert checkpoint["network_weights"]["head.logits.weight"].shape[0] == 3, "three region outputs"
-    out = tmp_path / "pred"
-    nnunet_env.run("nnUNetv2_predict", "-i", str(nnunet_env.raw / REGIONS / "imagesTs"), "-o", str(out), "-d", "993",
-                   "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta")
-    summary = _score(nnunet_env, REGIONS, out)
-    assert len(summary["mean"]) == 3
-    # cases with one of the model's two channel files: one clear error that names the files a case needs
-    # (extra channel files instead stop nnU-Net's own preprocessing with an IndexError, before the network)
-    one_channel = tmp_path / "one_channel"
-    one_channel.mkdir()
-    for image_file in (nnunet_env.raw / REGIONS / "imagesTs").glob("*_0000.nii.gz"):
-        shutil.copy(image_file, one_channel / image_file.name)
-    proc = nnunet_env.run("nnUNetv2_predict", "-i", str(one_channel), "-o", str(tmp_path / "pred_one_channel"), "-d",
-                          "993", "-c", "3d_fullres", "-tr", PLUMBING, "-f", "0", "-device", "cpu", "--disable_tta",
-                          check=False)
-    assert proc.returncode != 0
-    assert "built for 2 input channel(s) but got 1" in proc.stdout + proc.stderr and "CASE_0001" in proc.stderr
-
-
 def test_missing_ext_trainer_says_what_to_set(iso):
     proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu", check=False,
                    extra_env={"nnUNet_extTrainer": ""})
@@ -271,15 +165,14 @@ def test_missing_ext_trainer_says_what_to_set(iso):
 
 
 def test_undivisible_patch_gives_one_clear_error(iso):
-    plans_file = iso.preprocessed / ISO / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
-    plans["configurations"]["3d_badpatch"] = {"inherits_from": "3d_fullres", "patch_size": [30, 32, 32]}
-    plans_file.write_text(json.dumps(plans, indent=2))
-    try:
-        proc = iso.run("nnUNetv2_train", "991", "3d_badpatch", "0", "-tr", PLUMBING, "-device", "cpu", check=False)
-    finally:
-        del plans["configurations"]["3d_badpatch"]
-        plans_file.write_text(json.dumps(plans, indent=2))
+    """A plan whose patch the network's strides do not divide (a plans file of its own: other workers read the
+    shared one)."""
+    plans = iso.plans(ISO)
+    plans["plans_name"] = "nnUNetPlans_badpatch"
+    plans["configurations"]["3d_fullres"]["patch_size"] = [30, 32, 32]
+    (iso.preprocessed / ISO / "nnUNetPlans_badpatch.json").write_text(json.dumps(plans, indent=2))
+    proc = iso.run("nnUNetv2_train", "991", "3d_fullres", "0", "-tr", PLUMBING, "-p", "nnUNetPlans_badpatch",
+                   "-device", "cpu", check=False)
     assert proc.returncode != 0
     assert "cannot take the plan's patch_size [30, 32, 32]" in proc.stderr and "multiple of [8, 8, 8]" in proc.stderr
 
