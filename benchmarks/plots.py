@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from common import RESULTS
-from nnunetv2_lightmedseg.trainers.budgets import NAME as BUDGET_NAME
+from nnunetv2_lightmedseg.trainers.budgets import base_trainer_name
 
 
 def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,8 +47,7 @@ def points(tables: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def label_of(point: dict[str, Any]) -> str:
     """The trainer without its length (nnU-Net's ``nnUNetTrainer`` as nnU-Net default), the budget, the folds."""
-    match = BUDGET_NAME.match(point["trainer"])
-    name = (match["base"] if match else point["trainer"]).replace("nnUNetTrainer", "") or "nnU-Net default"
+    name = base_trainer_name(point["trainer"]).replace("nnUNetTrainer", "") or "nnU-Net default"
     budget, folds = point["budget"], point["folds"]
     return (f"{name}, {budget['epochs']} x {budget['iterations_per_epoch']} it. "
             f"({folds} fold{'s' if folds > 1 else ''})")

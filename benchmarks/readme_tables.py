@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from common import RESULTS, cell
-from nnunetv2_lightmedseg.trainers.budgets import NAME as BUDGET_NAME
+from nnunetv2_lightmedseg.trainers.budgets import base_trainer_name
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -216,17 +216,21 @@ def recipe_of(row: dict[str, Any]) -> Optional[str]:
     """The training recipe of a LightMedSeg row of the full network (``nnUNetTrainerLightMedSeg`` or a recipe
     variant, ``nnUNetTrainerLightMedSeg_<recipe>``, at any length), None for every other row. Rows written before
     accuracy.py recorded recipes (no ``recipe`` key) were trained with the only recipe there was, nnU-Net's SGD."""
-    match = BUDGET_NAME.match(row["trainer"])
-    base = match["base"] if match else row["trainer"]
+    base = base_trainer_name(row["trainer"])
     variant = base.removeprefix("nnUNetTrainerLightMedSeg")
     if base != "nnUNetTrainerLightMedSeg" and variant.removeprefix("_") not in RECIPES:
         return None
     return row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
 
 
+def accuracy_results() -> dict[str, dict[str, Any]]:
+    """Every committed ``accuracy_NAME.json`` by NAME."""
+    return {file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
+            for file in sorted(RESULTS.glob("accuracy_*.json"))}
+
+
 def recipe_sweep_table() -> str:
-    return recipe_sweep({file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
-                         for file in sorted(RESULTS.glob("accuracy_*.json"))})
+    return recipe_sweep(accuracy_results())
 
 
 def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
@@ -253,7 +257,7 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
                 "per_class": ", ".join(f"{c} {sum(r[c]['dice'] for r in runs) / len(runs):.3f}"
                                        for c in table["classes"])})
             entry["tables"].append(name)
-            reference = [r["mean_dice"] for r in rows if BUDGET_NAME.sub(r"\g<base>", r["trainer"]) == "nnUNetTrainer"
+            reference = [r["mean_dice"] for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
                          and r["fold"] in folds]
             if entry["reference"] is None and len(reference) == len(folds):
                 entry["reference"] = sum(reference) / len(reference)
@@ -269,9 +273,7 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def accuracy_run_to_run() -> str:
-    tables = {file.stem.removeprefix("accuracy_"): json.loads(file.read_text())
-              for file in sorted(RESULTS.glob("accuracy_*.json"))}
-    return (run_to_run(tables) or "No training is repeated in the committed tables yet.") + "\n"
+    return (run_to_run(accuracy_results()) or "No training is repeated in the committed tables yet.") + "\n"
 
 
 def run_to_run(tables: dict[str, dict[str, Any]]) -> str:

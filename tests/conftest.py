@@ -30,7 +30,6 @@ if WORKERS > 1:
     torch.set_num_threads(THREADS)
 
 
-
 class NnUNetEnv:
     """nnU-Net's three folders under one temporary root, and a runner for ``nnUNetv2_*`` commands on the CPU."""
 

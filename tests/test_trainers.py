@@ -114,6 +114,9 @@ def test_trainers_named_by_their_length():
         "nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters"
     assert trainers.budget_trainer_name("nnUNetTrainerLightMedSeg_5epochs_30iters", 5, 30) == \
         "nnUNetTrainerLightMedSeg_5epochs_30iters"
+    assert trainers.budgets.base_trainer_name("nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters") == \
+        "nnUNetTrainerLightMedSeg_adamwWarmup"
+    assert trainers.budgets.base_trainer_name("nnUNetTrainerLightMedSeg") == "nnUNetTrainerLightMedSeg"
     made = trainers.nnUNetTrainerLightMedSeg_adamwWarmup_10epochs_100iters
     assert issubclass(made, trainers.nnUNetTrainerLightMedSeg_adamwWarmup) and made.recipe == "adamwWarmup"
     assert (made.epochs, made.iterations_per_epoch, made.val_iterations_per_epoch) == (10, 100, 20)

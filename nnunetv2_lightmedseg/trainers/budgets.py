@@ -23,6 +23,13 @@ DEFAULT_ITERATIONS = 250
 _made: dict[str, type] = {}
 
 
+def base_trainer_name(trainer: str) -> str:
+    """``trainer`` without the length in its name (``nnUNetTrainerLightMedSeg_20epochs`` ->
+    ``nnUNetTrainerLightMedSeg``); a name without one is returned as it is."""
+    match = NAME.match(trainer)
+    return match["base"] if match else trainer
+
+
 def budget_trainer_name(trainer: str, epochs: int, iterations: Optional[int] = None) -> str:
     """The name of ``trainer`` trained for ``epochs`` x ``iterations`` (default nnU-Net's 250 per epoch).
 
