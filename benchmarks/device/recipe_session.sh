@@ -14,6 +14,13 @@ TRAININGS=(${TRAININGS:-nnUNetTrainer:0+1:6 nnUNetTrainerLightMedSeg:0+1:4 nnUNe
 mkdir -p $OUT $W
 rm -f $W/DONE
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.txt
+# what bounds the trainings: the card's utilisation and the load average, every 15 s until the end
+(echo "time load_1min gpu_util_% gpu_mem_MiB"
+ while [ ! -e $W/DONE ]; do
+     echo "$(date -u +%T) $(cut -d' ' -f1 /proc/loadavg)" \
+          "$(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits | tr -d ,)"
+     sleep 15
+ done) > $OUT/utilization.txt 2>&1 &
 ACC=(python3 benchmarks/accuracy.py --raw $RAW --work $W --epochs $EPOCHS --iterations $ITERS --gpus 1
      --processes $(nproc) --out $OUT)
 "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg --name plan --plan-only > $W/plan.log 2>&1
