@@ -362,7 +362,9 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
                              # names a training (nnU-Net's log names carry its start time): the same training
                              # scored in two tables counts once in readme_tables' run-to-run comparison
                              "training_logs": sorted(log.name for log in folder.glob("training_log_*.txt")),
-                             "num_cases": len(cases), **summarise(cases, classes)})
+                             "num_cases": len(cases), **summarise(cases, classes),
+                             # for readme_tables' comparison case by case (where a gap between two trainers lies)
+                             "case_dice": [{"case": c["case"], **{n: c[n]["dice"] for n in classes}} for c in cases]})
             full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
             if test_images is not None and test_labels is not None:
                 out = ws.results / ws.name / "test_predictions" / trainer

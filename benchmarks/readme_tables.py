@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -272,6 +273,50 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def recipe_gap_table() -> str:
+    return recipe_gap(accuracy_results()) or "No committed table scores both networks case by case yet.\n"
+
+
+def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
+    """Where LightMedSeg's gap to nnU-Net default lies, case by case: for every table that scored a LightMedSeg
+    recipe row and nnU-Net default on the same folds with per-case Dice (``case_dice``), the difference per class,
+    how many validation cases are worse, the median per-case difference of the mean Dice and the cases with the
+    largest shortfall."""
+    lines = []
+    for name, table in tables.items():
+        rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0
+                and "case_dice" in r]
+        classes = table["classes"]
+        reference = {c["case"]: c for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
+                     for c in r["case_dice"]}
+        trainers = sorted({r["trainer"] for r in rows if recipe_of(r) is not None})
+        for trainer in trainers:
+            runs = [r for r in rows if r["trainer"] == trainer]
+            cases = [c for r in runs for c in r["case_dice"]]
+            if not cases or any(c["case"] not in reference for c in cases):
+                continue
+            delta = {c["case"]: {n: c[n] - reference[c["case"]][n] for n in classes} for c in cases}
+            mean_delta = {case: sum(d.values()) / len(classes) for case, d in delta.items()}
+            ordered = sorted(mean_delta, key=mean_delta.get)
+            per_class = ", ".join(f"{n} {sum(d[n] for d in delta.values()) / len(delta):+.3f}" for n in classes)
+            shortfall = sum(-v for v in mean_delta.values() if v < 0)
+            carried = sum(-mean_delta[c] for c in ordered[:worst] if mean_delta[c] < 0)
+            lines.append(
+                f"| `{name}` | {trainer} ({recipe_of(runs[0])}) | {','.join(str(r['fold']) for r in runs)} | "
+                f"{len(cases)} | {per_class} | {sum(mean_delta.values()) / len(mean_delta):+.3f} | "
+                f"{sum(v < 0 for v in mean_delta.values())} of {len(cases)} | "
+                f"{statistics.median(mean_delta.values()):+.3f} | "
+                f"{cell(carried / shortfall if shortfall else None, '.0%')} | "
+                + ", ".join(f"{c.split('.')[0]} {mean_delta[c]:+.3f}" for c in ordered[:worst]) + " |")
+    if not lines:
+        return ""
+    return "\n".join([
+        f"| Table | LightMedSeg (recipe) | Folds | Validation cases | Difference per class | Mean difference | "
+        f"Cases worse | Median per-case difference | Share of the shortfall in the {worst} worst cases | "
+        f"{worst} worst cases (difference of the mean Dice) |", "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        *lines]) + "\n"
+
+
 def accuracy_run_to_run() -> str:
     return (run_to_run(accuracy_results()) or "No training is repeated in the committed tables yet.") + "\n"
 
@@ -326,6 +371,7 @@ SECTIONS: dict[str, Callable[[], str]] = {
     "speed-gpu-table": speed_gpu_table, "speed-gpu-baselines-table": speed_gpu_baselines_table,
     "speed-cpu-table": speed_cpu_table, "speed-onnx-table": speed_onnx_table, "accuracy-tables": accuracy_tables,
     "accuracy-run-to-run": accuracy_run_to_run, "recipe-sweep-table": recipe_sweep_table,
+    "recipe-gap-table": recipe_gap_table,
     "stability-table": stability_table,
 }
 

@@ -99,6 +99,24 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
     ]
 
 
+def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_cases():
+    def scored(trainer: str, fold: int, per_case: dict[str, tuple[float, float, float]]) -> dict:
+        cases = [{"case": f"{name}.nii.gz", **dict(zip(("RV", "MYO", "LV"), dice))} for name, dice in per_case.items()]
+        return {**_row(trainer, fold, 0.0), "recipe": {"name": "adamw"}, "case_dice": cases}
+    light = [scored("nnUNetTrainerLightMedSeg_20epochs", 0, {"a": (0.8, 0.8, 0.8), "b": (0.9, 0.45, 0.9)}),
+             scored("nnUNetTrainerLightMedSeg_20epochs", 1, {"c": (0.9, 0.9, 0.9)})]
+    default = [scored("nnUNetTrainer_20epochs", 0, {"a": (0.9, 0.9, 0.9), "b": (0.9, 0.9, 0.9)}),
+               scored("nnUNetTrainer_20epochs", 1, {"c": (0.6, 0.9, 0.9)})]
+    table = {**TABLE, "rows": light + default}
+    unscored = {**TABLE, "rows": [_row("nnUNetTrainerLightMedSeg", 0, 0.8), _row("nnUNetTrainer", 0, 0.9)]}
+    lines = readme_tables.recipe_gap({"run": table, "old": unscored}, worst=2).splitlines()
+    # per case (mean over classes): a -0.1, b -0.15, c +0.1; per class: RV (-0.1 + 0 + 0.3) / 3,
+    # MYO (-0.1 - 0.45 + 0) / 3, LV (-0.1 + 0 + 0) / 3
+    assert lines[2:] == ["| `run` | nnUNetTrainerLightMedSeg_20epochs (adamw) | 0,1 | 3 | RV +0.067, MYO -0.183, "
+                         "LV -0.033 | -0.050 | 2 of 3 | -0.100 | 100% | b -0.150, a -0.100 |"]
+    assert readme_tables.recipe_gap({"old": unscored}) == ""
+
+
 def test_fraction_folds_are_appended_once_and_keep_patients_whole(tmp_path):
     cases = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 21) for f in (1, 12)]
     splits = [{"train": [c for c in cases if int(c[7:10]) % 5 != k], "val": [c for c in cases if int(c[7:10]) % 5 == k]}
@@ -146,6 +164,8 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     for row in table["rows"]:  # the mean over the classes, each scored (not NaN: an empty class scores 1 or 0)
         assert row["mean_dice"] == pytest.approx(np.mean([row[c]["dice"] for c in table["classes"]]))
         assert "gflops" not in row or row["gflops"] > 0
+    validation = table["rows"][1]["case_dice"]
+    assert len(validation) == table["rows"][1]["num_cases"] and set(validation[0]) == {"case", *table["classes"]}
 
 
 def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
