@@ -41,7 +41,9 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     rates = []
     try:
         for _ in range(iterations):
-            result = trainer.train_step(next(trainer.dataloader_train))
+            batch = next(trainer.dataloader_train)
+            assert batch["data"].shape[0] == trainer.batch_size
+            result = trainer.train_step(batch)
             assert torch.isfinite(torch.as_tensor(result["loss"]))
             rates.append(trainer.optimizer.param_groups[0]["lr"])
     finally:
@@ -55,6 +57,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_adamwWarmup", torch.optim.AdamW, RECIPES["adamwWarmup"].learning_rate),
     ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_gpuDA", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_batch2x", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -65,6 +68,8 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
         assert trainer.num_epochs == 20
     assert trainer.augmentation_device == ("auto" if name.endswith("_gpuDA") else "cpu")
     assert trainer.device_augmentation is None  # on the CPU every one keeps nnU-Net's pipeline
+    planned_batch = trainer.configuration_manager.batch_size
+    assert trainer.batch_size == (2 * planned_batch if name.endswith("_batch2x") else planned_batch)
 
 
 def test_warm_up_then_poly_decay(planned):
