@@ -49,20 +49,26 @@ def test_nan_in_images_stops_nnunet_preprocessing_with_its_message(nnunet_env):
         assert proc.returncode != 0 and "NaN" in _output(proc)
 
 
-def test_inf_in_images_is_one_clear_error_at_training(nnunet_env):
+@pytest.fixture(scope="module")
+def planned_bad_inputs(nnunet_env):
+    """The datasets of the bad-input errors at training, planned in one nnU-Net command (each command is seconds of
+    imports on a 2-core machine): 986 with Inf in its images, 982 with three cases."""
     _dataset_with(nnunet_env, 986, "Inf", np.inf)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "986", "-c", "3d_fullres", "-np", "1")
-    train = nnunet_env.run("nnUNetv2_train", "986", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
-                           check=False)
+    make_dataset(nnunet_env.raw, 982, "ThreeCases", num_train=3, shape=(32, 32, 32), seed=22)
+    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "986", "982", "-c", "3d_fullres", "-np", "1")
+    return nnunet_env
+
+
+def test_inf_in_images_is_one_clear_error_at_training(planned_bad_inputs):
+    train = planned_bad_inputs.run("nnUNetv2_train", "986", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
+                                   check=False)
     assert train.returncode != 0
     assert "contains NaN or Inf voxels" in _output(train) and "--verify_dataset_integrity" in _output(train)
 
 
-def test_fewer_than_five_cases_without_splits(nnunet_env):
-    make_dataset(nnunet_env.raw, 982, "ThreeCases", num_train=3, shape=(32, 32, 32), seed=22)
-    nnunet_env.run("nnUNetv2_plan_and_preprocess", "-d", "982", "-c", "3d_fullres", "-np", "1")
-    fold0 = nnunet_env.run("nnUNetv2_train", "982", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
-                           check=False)
+def test_fewer_than_five_cases_without_splits(planned_bad_inputs):
+    fold0 = planned_bad_inputs.run("nnUNetv2_train", "982", "3d_fullres", "0", "-tr", PLUMBING, "-device", "cpu",
+                                   check=False)
     assert fold0.returncode != 0 and "Only 3 training case(s)" in _output(fold0) and "fold 'all'" in _output(fold0)
 
 

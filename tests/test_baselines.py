@@ -1,10 +1,11 @@
 """Baseline trainers (nnU-Net default, UNETR, SwinUNETR, Primus V3-S) through nnU-Net's own commands, on the CPU.
 
-Fast (unmarked): the patch rounding, the variants' training lengths, lazy MONAI, and for every baseline on an
-isotropic and an ACDC-like anisotropic generated plan: the trainer's __init__ writes the rounded patch into the plans
-it saves, and the network built by the trainer's build_network_architecture takes one forward/backward pass at it.
-Slow (``-m slow``): ``nnUNetv2_train`` of each ``_2epochs_10iters`` variant on both plans, the saved checkpoint and
-plans, ``nnUNetv2_predict``; ``--c`` and ``--val`` of the Primus subclass (nnU-Net 2.8.1's own fail on torch >= 2.6).
+Fast (unmarked): the patch rounding (on the committed ACDC plan too), the variants' training lengths, lazy MONAI, the
+committed complexity table. Slow (``-m slow``): for every baseline on an isotropic and an ACDC-like anisotropic
+generated plan, the trainer's __init__ writes the rounded patch into the plans it saves, and the network built by the
+trainer's build_network_architecture takes one forward/backward pass at it; ``nnUNetv2_train`` of each
+``_2epochs_10iters`` variant on both plans, the saved checkpoint and plans, ``nnUNetv2_predict``; ``--c`` and
+``--val`` of the Primus subclass (nnU-Net 2.8.1's own fail on torch >= 2.6).
 The transformers have 60-90M parameters: each slow training takes minutes on two cores.
 """
 from __future__ import annotations
@@ -148,6 +149,7 @@ def test_missing_monai_says_how_to_install(monkeypatch):
             cls.make_network((32, 32, 32), 1, 2)
 
 
+@pytest.mark.slow  # planning the two datasets and a step of each 60-90M-parameter network: minutes on 2 cores
 @pytest.mark.parametrize("dataset", [ISO, ANISO])
 @pytest.mark.parametrize("trainer", TEST_TRAINERS)
 def test_trainer_rounds_patch_and_network_trains_at_it(planned, monkeypatch, trainer, dataset):

@@ -1,5 +1,6 @@
 """The stock nnU-Net commands with LightMedSeg on generated datasets other than the shared 32^3 one: an anisotropic
-plan (slow) and a region-based two-channel dataset."""
+plan and a region-based two-channel dataset, both slow (the regions' scoring on a real BraTS label and their passage
+through the GPU augmentation are fast tests elsewhere)."""
 from __future__ import annotations
 
 import shutil
@@ -29,6 +30,7 @@ def test_anisotropic_plan(nnunet_env, tmp_path):
     assert len(list(out.glob("*.nii.gz"))) == 1
 
 
+@pytest.mark.slow  # four nnU-Net commands on a dataset of its own: minutes on 2 cores
 def test_region_based_two_channels(nnunet_env, tmp_path):
     """BraTS-like: two channels, nested regions trained with sigmoid outputs, predicted back to labels."""
     make_dataset(nnunet_env.raw, 993, "Regions", num_train=6, num_test=1, shape=(32, 32, 32), regions=True, seed=3)

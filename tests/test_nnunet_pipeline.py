@@ -94,6 +94,7 @@ def test_predictor_api_matches_cli(iso, tmp_path):
                                       sitk.GetArrayFromImage(sitk.ReadImage(str(cli / case))))
 
 
+@pytest.mark.slow  # accuracy.py's own processes and MONAI's import; the scoring functions have fast tests
 def test_accuracy_scores_folds_copied_back_without_checkpoints(iso, tmp_path):
     """benchmarks/accuracy.py --score-only on two folds copied as a GPU machine's results come back (no checkpoints):
     MONAI's Dice equals nnU-Net's validation summary, epoch times are nnU-Net's, the device is its debug.json's."""
