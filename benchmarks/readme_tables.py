@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import nnunetv2_lightmedseg.trainers as trainers
 from common import RESULTS, cell
 from nnunetv2_lightmedseg.trainers.budgets import base_trainer_name
-from nnunetv2_lightmedseg.trainers.recipes import RECIPES
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 LIGHTMEDSEG, REFERENCE = "LightMedSeg-paper", "nnU-Net default (PlainConvUNet)"
@@ -214,14 +214,19 @@ def accuracy_tables() -> str:
 
 
 def recipe_of(row: dict[str, Any]) -> Optional[str]:
-    """The training recipe of a LightMedSeg row of the full network (``nnUNetTrainerLightMedSeg`` or a recipe
-    variant, ``nnUNetTrainerLightMedSeg_<recipe>``, at any length), None for every other row. Rows written before
-    accuracy.py recorded recipes (no ``recipe`` key) were trained with the only recipe there was, nnU-Net's SGD."""
+    """The training recipe of a LightMedSeg row of the paper network: ``nnUNetTrainerLightMedSeg`` or a variant of it
+    that changes how it trains, not the network (a recipe, the batch, deep supervision, where augmentation runs), at
+    any length. The recipe's name, followed by the variant's where the variant is not a recipe (``adamw + batch2x``);
+    None for every other row (other networks, presets, ablations). Rows written before accuracy.py recorded recipes
+    (no ``recipe`` key) were trained with the only recipe there was, nnU-Net's SGD."""
     base = base_trainer_name(row["trainer"])
-    variant = base.removeprefix("nnUNetTrainerLightMedSeg")
-    if base != "nnUNetTrainerLightMedSeg" and variant.removeprefix("_") not in RECIPES:
+    cls = getattr(trainers, base, None)
+    if (cls is None or not issubclass(cls, trainers.nnUNetTrainerLightMedSeg) or cls.preset != "paper"
+            or cls.network_options):
         return None
-    return row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
+    recipe = row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
+    variant = base.removeprefix("nnUNetTrainerLightMedSeg").removeprefix("_")
+    return recipe if variant in ("", recipe) else f"{recipe} + {variant}"
 
 
 def accuracy_results() -> dict[str, dict[str, Any]]:
