@@ -294,8 +294,7 @@ def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
         classes = table["classes"]
         reference = {c["case"]: c for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
                      for c in r["case_dice"]}
-        trainers = sorted({r["trainer"] for r in rows if recipe_of(r) is not None})
-        for trainer in trainers:
+        for trainer in sorted({r["trainer"] for r in rows if recipe_of(r) is not None}):
             runs = [r for r in rows if r["trainer"] == trainer]
             cases = [c for r in runs for c in r["case_dice"]]
             if not cases or any(c["case"] not in reference for c in cases):
