@@ -286,13 +286,19 @@ def summarise(cases: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]
     return out
 
 
-def epoch_times(folder: Path) -> list[float]:
-    """Seconds of each epoch of a fold, as nnU-Net logs them ("Epoch time: X s" in its training logs, one log per
-    start when a run was resumed): read from text, so that a fold copied back without its checkpoint still has them."""
-    times = []
+def logged_per_epoch(folder: Path, name: str) -> list[float]:
+    """The values nnU-Net's training logs of a fold print once per epoch under ``name`` ("Epoch time: X s",
+    "train_loss X", "val_loss X"), in order over its logs (one per start when a run was resumed): read from text,
+    so that a fold copied back without its checkpoint still has them."""
+    values = []
     for log in sorted(folder.glob("training_log_*.txt")):
-        times += [float(t) for t in re.findall(r"Epoch time: ([\d.]+) s", log.read_text())]
-    return times
+        values += [float(v) for v in re.findall(rf"{re.escape(name)}:? (-?[\d.]+)", log.read_text())]
+    return values
+
+
+def epoch_times(folder: Path) -> list[float]:
+    """Seconds of each epoch of a fold, as nnU-Net logs them."""
+    return logged_per_epoch(folder, "Epoch time")
 
 
 def trainer_class(trainer_name: str) -> Optional[type]:
@@ -359,6 +365,9 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
                 rows.append({"trainer": trainer, "kind": "cross-validation", "fold": fold, "fold_number": number,
                              "train_fraction": fraction, "params": params, "gflops": gflops, "recipe": recipe,
                              "seconds_per_epoch": float(np.median(times)) if times else None,
+                             # how well the network fits its training patches at the end, beside how it validates
+                             **{f"{loss}_last_epoch": (logged_per_epoch(folder, loss) or [None])[-1]
+                                for loss in ("train_loss", "val_loss")},
                              # names a training (nnU-Net's log names carry its start time): the same training
                              # scored in two tables counts once in readme_tables' run-to-run comparison
                              "training_logs": sorted(log.name for log in folder.glob("training_log_*.txt")),

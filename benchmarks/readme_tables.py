@@ -241,8 +241,16 @@ def recipe_sweep_table() -> str:
 
 def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     """One row per recipe and set of trainings: LightMedSeg's validation Dice per class, mean over the folds, and
-    nnU-Net default's on the same folds of the same table (the same run), where a table has it. Trainings that two
-    tables share (the same nnU-Net training logs) are one row naming both."""
+    nnU-Net default's on the same folds of the same table (the same run), where a table has it; beside them nnU-Net's
+    training and validation loss of the last epoch (mean over the folds, where the table recorded them), which says
+    whether a recipe fits the training patches better without validating better. Trainings that two tables share
+    (the same nnU-Net training logs) are one row naming both."""
+    def losses(runs: list[dict[str, Any]]) -> Optional[str]:
+        values = [[r.get(f"{loss}_last_epoch") for r in runs] for loss in ("train_loss", "val_loss")]
+        if not runs or None in values[0] + values[1]:
+            return None
+        return " / ".join(f"{sum(v) / len(v):.3f}" for v in values)
+
     entries: dict[tuple, dict[str, Any]] = {}
     for name, table in tables.items():
         meta = table["metadata"]
@@ -259,22 +267,25 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
             logs = tuple(sorted(log for r in runs for log in r.get("training_logs", [])))
             entry = entries.setdefault((recipe, logs or (name, trainer)), {
                 "recipe": recipe, "tables": [], "meta": meta, "folds": folds, "reference": None,
+                "losses": losses(runs), "reference_losses": None,
                 "mean": sum(r["mean_dice"] for r in runs) / len(runs),
                 "per_class": ", ".join(f"{c} {sum(r[c]['dice'] for r in runs) / len(runs):.3f}"
                                        for c in table["classes"])})
             entry["tables"].append(name)
-            reference = [r["mean_dice"] for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
-                         and r["fold"] in folds]
+            reference = [r for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer" and r["fold"] in folds]
             if entry["reference"] is None and len(reference) == len(folds):
-                entry["reference"] = sum(reference) / len(reference)
+                entry["reference"] = sum(r["mean_dice"] for r in reference) / len(reference)
+                entry["reference_losses"] = losses(reference)
     lines = ["| Recipe | Table | Dataset | Budget (epochs x iterations) | Folds | Dice per class | Mean Dice | "
-             "nnU-Net default, same run and folds | Difference |", "|---|---|---|---|---|---|---:|---:|---:|"]
+             "nnU-Net default, same run and folds | Difference | Loss, last epoch: training / validation | "
+             "nnU-Net default's |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
     for e in entries.values():
         meta, budget, ref = e["meta"], e["meta"]["budget"], e["reference"]
         lines.append(f"| {e['recipe']} | {', '.join(f'`{t}`' for t in e['tables'])} | {meta['dataset']} | "
                      f"{budget['epochs']} x {budget['iterations_per_epoch']} | {','.join(map(str, e['folds']))} | "
                      f"{e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
-                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} |")
+                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {e['losses'] or ''} | "
+                     f"{e['reference_losses'] or ''} |")
     return "\n".join(lines) + "\n"
 
 

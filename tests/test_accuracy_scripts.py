@@ -79,13 +79,19 @@ def test_run_to_run_names_each_repeated_training_once():
 
 def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
     adamw = {"name": "adamw", "optimizer": "adamw", "learning_rate": 2e-3}
+
+    def fit(train_loss: float, val_loss: float) -> dict:
+        return {"train_loss_last_epoch": train_loss, "val_loss_last_epoch": val_loss}
     recorded = {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg_20epochs", 0, 0.88), "recipe": adamw},
                                   {**_row("nnUNetTrainerLightMedSeg_20epochs", 1, 0.86), "recipe": adamw},
-                                  _row("nnUNetTrainer_20epochs", 0, 0.90), _row("nnUNetTrainer_20epochs", 1, 0.90),
+                                  {**_row("nnUNetTrainer_20epochs", 0, 0.90), **fit(-0.91, -0.86)},
+                                  {**_row("nnUNetTrainer_20epochs", 1, 0.90), **fit(-0.91, -0.87)},
                                   _row("nnUNetTrainerLightMedSeg_nnUNetSGD_20epochs", 0, 0.84),
                                   _row("nnUNetTrainerLightMedSeg_noFiLM_20epochs", 0, 0.87),
-                                  {**_row("nnUNetTrainerLightMedSeg_batch2x_20epochs", 0, 0.89), "recipe": adamw},
-                                  {**_row("nnUNetTrainerLightMedSeg_batch2x_20epochs", 1, 0.89), "recipe": adamw},
+                                  {**_row("nnUNetTrainerLightMedSeg_batch2x_20epochs", 0, 0.89), "recipe": adamw,
+                                   **fit(-0.90, -0.84)},
+                                  {**_row("nnUNetTrainerLightMedSeg_batch2x_20epochs", 1, 0.89), "recipe": adamw,
+                                   **fit(-0.89, -0.85)},
                                   {**_row("nnUNetTrainerLightMedSeg_small_20epochs", 0, 0.85), "recipe": adamw}]}
     shared = {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg", 0, 0.80), "training_logs": ["a.txt"]}]}
     again = {**shared, "rows": shared["rows"] + [_row("nnUNetTrainer", 0, 0.82)]}
@@ -94,13 +100,18 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
              readme_tables.recipe_sweep(tables).splitlines()[2:]]
     assert lines == [
         # written before recipes were recorded: nnU-Net's SGD; fold 1 has no nnU-Net default row to compare with
-        "| nnUNetSGD | `old` | 10 x 100 | 0,1 | RV 0.850, MYO 0.850, LV 0.850 | 0.850 |  |  |",
-        "| adamw | `new` | 10 x 100 | 0,1 | RV 0.870, MYO 0.870, LV 0.870 | 0.870 | 0.900 | -0.030 |",
-        "| nnUNetSGD | `new` | 10 x 100 | 0 | RV 0.840, MYO 0.840, LV 0.840 | 0.840 | 0.900 | -0.060 |",
+        "| nnUNetSGD | `old` | 10 x 100 | 0,1 | RV 0.850, MYO 0.850, LV 0.850 | 0.850 |  |  |  |  |",
+        # losses where both folds of a row recorded them
+        "| adamw | `new` | 10 x 100 | 0,1 | RV 0.870, MYO 0.870, LV 0.870 | 0.870 | 0.900 | -0.030 |  | "
+        "-0.910 / -0.865 |",
+        "| nnUNetSGD | `new` | 10 x 100 | 0 | RV 0.840, MYO 0.840, LV 0.840 | 0.840 | 0.900 | -0.060 |  | "
+        "-0.910 / -0.860 |",
         # a variant that changes how the paper network trains, named after its recipe; presets and ablations are not
-        "| adamw + batch2x | `new` | 10 x 100 | 0,1 | RV 0.890, MYO 0.890, LV 0.890 | 0.890 | 0.900 | -0.010 |",
+        "| adamw + batch2x | `new` | 10 x 100 | 0,1 | RV 0.890, MYO 0.890, LV 0.890 | 0.890 | 0.900 | -0.010 | "
+        "-0.895 / -0.845 | -0.910 / -0.865 |",
         # one training in two tables: one row, compared where a table has nnU-Net default
-        "| nnUNetSGD | `shared`, `again` | 10 x 100 | 0 | RV 0.800, MYO 0.800, LV 0.800 | 0.800 | 0.820 | -0.020 |",
+        "| nnUNetSGD | `shared`, `again` | 10 x 100 | 0 | RV 0.800, MYO 0.800, LV 0.800 | 0.800 | 0.820 | -0.020 "
+        "|  |  |",
     ]
 
 

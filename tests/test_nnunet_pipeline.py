@@ -23,6 +23,8 @@ import torch
 from conftest import ISO
 from conftest import ISO_TRAINER as TRAINER
 
+import accuracy
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 PLUMBING = "nnUNetTrainerLightMedSeg_2epochs_10iters"  # for what needs no learning
 
@@ -41,6 +43,10 @@ def test_two_folds_train_and_validate(iso):
     assert checkpoint["trainer_name"] == TRAINER
     assert checkpoint["current_epoch"] == 5
     assert sum(v.numel() for k, v in checkpoint["network_weights"].items()) > 0
+    # what benchmarks/accuracy.py reads from the text logs of folds copied back without their checkpoints
+    for name, logged in (("train_loss", "train_losses"), ("val_loss", "val_losses")):
+        assert accuracy.logged_per_epoch(folder / "fold_0", name) == pytest.approx(
+            checkpoint["logging"][logged], abs=1e-4)  # the log rounds to 4 decimals
 
 
 @pytest.mark.nnunet_behaviour
