@@ -227,8 +227,14 @@ def train_all(ws: Workspace, jobs: list[tuple[str, int]], gpus: int, jobs_per_gp
         raise SystemExit("training failed:\n" + "\n".join(failures))
 
 
+#: the voxel errors :func:`score_case` counts per class, as fractions of the reference volume
+ERRORS = ("false_positive", "false_negative")
+
+
 def score_case(pred_file: Path, labels: Path, labels_or_regions: dict[str, Any]) -> dict[str, Any]:
-    """Per-class (or per-region) Dice and HD95 (mm, at the label file's spacing) of one case, with MONAI."""
+    """Per-class (or per-region) Dice and HD95 (mm, at the label file's spacing) of one case, with MONAI, and the
+    false positive and false negative voxels as fractions of the reference's volume (None where the reference is
+    empty): which of the two a Dice lost, over- or under-segmentation."""
     import SimpleITK as sitk
     import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance
@@ -246,7 +252,10 @@ def score_case(pred_file: Path, labels: Path, labels_or_regions: dict[str, Any])
         if p.any() and r.any():
             hd95 = compute_hausdorff_distance(p, r, include_background=True, percentile=95,
                                               spacing=list(spacing)).item()
-        row[name] = {"dice": dice, "hd95": hd95}
+        volume = int(r.sum())
+        row[name] = {"dice": dice, "hd95": hd95,
+                     "false_positive_fraction": int((p & ~r).sum()) / volume if volume else None,
+                     "false_negative_fraction": int((r & ~p).sum()) / volume if volume else None}
     return row
 
 
@@ -373,7 +382,9 @@ def evaluate(ws: Workspace, trainers: list[str], fold_numbers: dict[tuple[int, f
                              "training_logs": sorted(log.name for log in folder.glob("training_log_*.txt")),
                              "num_cases": len(cases), **summarise(cases, classes),
                              # for readme_tables' comparison case by case (where a gap between two trainers lies)
-                             "case_dice": [{"case": c["case"], **{n: c[n]["dice"] for n in classes}} for c in cases]})
+                             "case_dice": [{"case": c["case"], **{n: c[n]["dice"] for n in classes}} for c in cases],
+                             "case_errors": [{"case": c["case"], **{n: {e: c[n][f"{e}_fraction"] for e in ERRORS}
+                                                                    for n in classes}} for c in cases]})
             full_folds = sorted(number for (fold, fraction), number in fold_numbers.items() if fraction == 1.0)
             if test_images is not None and test_labels is not None:
                 out = ws.results / ws.name / "test_predictions" / trainer

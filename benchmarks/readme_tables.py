@@ -293,11 +293,22 @@ def recipe_gap_table() -> str:
     return recipe_gap(accuracy_results()) or "No committed table scores both networks case by case yet.\n"
 
 
+def error_difference(cases: list[dict[str, Any]], reference: dict[str, dict[str, Any]], name: str,
+                     kind: str) -> Optional[float]:
+    """Mean over ``cases`` of one class's error fraction minus the reference's on the same case (None where no case
+    has both: an empty reference volume has no fraction)."""
+    pairs = [(c[name][kind], reference[c["case"]][name][kind]) for c in cases]
+    differences = [a - b for a, b in pairs if a is not None and b is not None]
+    return sum(differences) / len(differences) if differences else None
+
+
 def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
     """Where LightMedSeg's gap to nnU-Net default lies, case by case: for every table that scored a LightMedSeg
     recipe row and nnU-Net default on the same folds with per-case Dice (``case_dice``), the difference per class,
-    how many validation cases are worse, the median per-case difference of the mean Dice and the cases with the
-    largest shortfall."""
+    how many validation cases are worse, the median per-case difference of the mean Dice, the cases with the
+    largest shortfall and, where the table counted them (``case_errors``), the difference in false positive and false
+    negative voxels per class (mean over the cases, as fractions of the reference volume): whether LightMedSeg loses
+    its Dice by over- or by under-segmenting."""
     lines = []
     for name, table in tables.items():
         rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0
@@ -305,6 +316,8 @@ def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
         classes = table["classes"]
         reference = {c["case"]: c for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
                      for c in r["case_dice"]}
+        reference_errors = {c["case"]: c for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
+                            for c in r.get("case_errors", [])}
         for trainer in sorted({r["trainer"] for r in rows if recipe_of(r) is not None}):
             runs = [r for r in rows if r["trainer"] == trainer]
             cases = [c for r in runs for c in r["case_dice"]]
@@ -316,19 +329,26 @@ def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
             per_class = ", ".join(f"{n} {sum(d[n] for d in delta.values()) / len(delta):+.3f}" for n in classes)
             shortfall = sum(-v for v in mean_delta.values() if v < 0)
             carried = sum(-mean_delta[c] for c in ordered[:worst] if mean_delta[c] < 0)
+            errors = [c for r in runs for c in r.get("case_errors", [])]
+            error_delta = ""
+            if errors and all(c["case"] in reference_errors for c in errors):
+                error_delta = ", ".join(
+                    f"{n} " + " / ".join(cell(error_difference(errors, reference_errors, n, kind), "+.3f")
+                                         for kind in ("false_positive", "false_negative")) for n in classes)
             lines.append(
                 f"| `{name}` | {trainer} ({recipe_of(runs[0])}) | {','.join(str(r['fold']) for r in runs)} | "
                 f"{len(cases)} | {per_class} | {sum(mean_delta.values()) / len(mean_delta):+.3f} | "
                 f"{sum(v < 0 for v in mean_delta.values())} of {len(cases)} | "
                 f"{statistics.median(mean_delta.values()):+.3f} | "
                 f"{cell(carried / shortfall if shortfall else None, '.0%')} | "
-                + ", ".join(f"{c.split('.')[0]} {mean_delta[c]:+.3f}" for c in ordered[:worst]) + " |")
+                + ", ".join(f"{c.split('.')[0]} {mean_delta[c]:+.3f}" for c in ordered[:worst]) + f" | {error_delta} |")
     if not lines:
         return ""
     return "\n".join([
         f"| Table | LightMedSeg (recipe) | Folds | Validation cases | Difference per class | Mean difference | "
         f"Cases worse | Median per-case difference | Share of the shortfall in the {worst} worst cases | "
-        f"{worst} worst cases (difference of the mean Dice) |", "|---|---|---|---:|---|---:|---:|---:|---:|---|",
+        f"{worst} worst cases (difference of the mean Dice) | Difference in false positives / false negatives per "
+        f"class (share of the reference volume) |", "|---|---|---|---:|---|---:|---:|---:|---:|---|---|",
         *lines]) + "\n"
 
 

@@ -116,11 +116,16 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
 
 
 def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_cases():
-    def scored(trainer: str, fold: int, per_case: dict[str, tuple[float, float, float]]) -> dict:
+    def scored(trainer: str, fold: int, per_case: dict[str, tuple[float, float, float]], over: float = 0.0) -> dict:
         cases = [{"case": f"{name}.nii.gz", **dict(zip(("RV", "MYO", "LV"), dice))} for name, dice in per_case.items()]
-        return {**_row(trainer, fold, 0.0), "recipe": {"name": "adamw"}, "case_dice": cases}
-    light = [scored("nnUNetTrainerLightMedSeg_20epochs", 0, {"a": (0.8, 0.8, 0.8), "b": (0.9, 0.45, 0.9)}),
-             scored("nnUNetTrainerLightMedSeg_20epochs", 1, {"c": (0.9, 0.9, 0.9)})]
+        # false positives `over` in every class, false negatives what the Dice lost (an empty RV on case c: None)
+        errors = [{"case": c["case"], **{n: {"false_positive": over, "false_negative": 1 - c[n]}
+                                         for n in ("RV", "MYO", "LV")}} for c in cases]
+        if per_case.keys() == {"c"}:
+            errors[0]["RV"] = {"false_positive": None, "false_negative": None}
+        return {**_row(trainer, fold, 0.0), "recipe": {"name": "adamw"}, "case_dice": cases, "case_errors": errors}
+    light = [scored("nnUNetTrainerLightMedSeg_20epochs", 0, {"a": (0.8, 0.8, 0.8), "b": (0.9, 0.45, 0.9)}, 0.1),
+             scored("nnUNetTrainerLightMedSeg_20epochs", 1, {"c": (0.9, 0.9, 0.9)}, 0.1)]
     default = [scored("nnUNetTrainer_20epochs", 0, {"a": (0.9, 0.9, 0.9), "b": (0.9, 0.9, 0.9)}),
                scored("nnUNetTrainer_20epochs", 1, {"c": (0.6, 0.9, 0.9)})]
     table = {**TABLE, "rows": light + default}
@@ -128,8 +133,10 @@ def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_ca
     lines = readme_tables.recipe_gap({"run": table, "old": unscored}, worst=2).splitlines()
     # per case (mean over classes): a -0.1, b -0.15, c +0.1; per class: RV (-0.1 + 0 + 0.3) / 3,
     # MYO (-0.1 - 0.45 + 0) / 3, LV (-0.1 + 0 + 0) / 3
+    # false positives +0.1 in every class; false negatives the Dice difference negated, RV over cases a and b only
     assert lines[2:] == ["| `run` | nnUNetTrainerLightMedSeg_20epochs (adamw) | 0,1 | 3 | RV +0.067, MYO -0.183, "
-                         "LV -0.033 | -0.050 | 2 of 3 | -0.100 | 100% | b -0.150, a -0.100 |"]
+                         "LV -0.033 | -0.050 | 2 of 3 | -0.100 | 100% | b -0.150, a -0.100 | RV +0.100 / +0.050, "
+                         "MYO +0.100 / +0.183, LV +0.100 / +0.033 |"]
     assert readme_tables.recipe_gap({"old": unscored}) == ""
 
 
@@ -182,6 +189,9 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
         assert "gflops" not in row or row["gflops"] > 0
     validation = table["rows"][1]["case_dice"]
     assert len(validation) == table["rows"][1]["num_cases"] and set(validation[0]) == {"case", *table["classes"]}
+    errors = table["rows"][1]["case_errors"]
+    assert [c["case"] for c in errors] == [c["case"] for c in validation]
+    assert set(errors[0][table["classes"][0]]) == {"false_positive", "false_negative"}
 
 
 def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
@@ -200,5 +210,9 @@ def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
     with accuracy.scoring_pool(1) as pool:
         dataset_json = json.loads((raw / "dataset.json").read_text())
         [row] = accuracy.score_folder(tmp_path / "pred", raw / "labelsTr", dataset_json, pool)
-    assert row["whole tumor"] == {"dice": 1.0, "hd95": 0.0} and row["tumor core"] == {"dice": 1.0, "hd95": 0.0}
-    assert row["enhancing tumor"]["dice"] == 0.0 and np.isnan(row["enhancing tumor"]["hd95"])
+    exact = {"dice": 1.0, "hd95": 0.0, "false_positive_fraction": 0.0, "false_negative_fraction": 0.0}
+    assert row["whole tumor"] == exact and row["tumor core"] == exact
+    enhancing = row["enhancing tumor"]
+    assert enhancing["dice"] == 0.0 and np.isnan(enhancing["hd95"])
+    # all of it missed (under-segmented), nothing else called enhancing
+    assert enhancing["false_negative_fraction"] == 1.0 and enhancing["false_positive_fraction"] == 0.0
