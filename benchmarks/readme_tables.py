@@ -213,16 +213,18 @@ def accuracy_tables() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def recipe_of(row: dict[str, Any]) -> Optional[str]:
+def recipe_of(row: dict[str, Any], any_network: bool = False) -> Optional[str]:
     """The training recipe of a LightMedSeg row of the paper network: ``nnUNetTrainerLightMedSeg`` or a variant of it
     that changes how it trains, not the network (a recipe, the batch, deep supervision, where augmentation runs), at
     any length. The recipe's name, followed by the variant's where the variant is not a recipe (``adamw + batch2x``);
-    None for every other row (other networks, presets, ablations). Rows written before accuracy.py recorded recipes
-    (no ``recipe`` key) were trained with the only recipe there was, nnU-Net's SGD."""
+    None for every other row (other networks, and, unless ``any_network``, presets, ablations and extensions such as
+    ``adamw + refinedHead``). Rows written before accuracy.py recorded recipes (no ``recipe`` key) were trained with
+    the only recipe there was, nnU-Net's SGD."""
     base = base_trainer_name(row["trainer"])
     cls = getattr(trainers, base, None)
-    if (cls is None or not issubclass(cls, trainers.nnUNetTrainerLightMedSeg) or cls.preset != "paper"
-            or cls.network_options):
+    if cls is None or not issubclass(cls, trainers.nnUNetTrainerLightMedSeg):
+        return None
+    if not any_network and (cls.preset != "paper" or cls.network_options):
         return None
     recipe = row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
     variant = base.removeprefix("nnUNetTrainerLightMedSeg").removeprefix("_")
@@ -304,11 +306,11 @@ def error_difference(cases: list[dict[str, Any]], reference: dict[str, dict[str,
 
 def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
     """Where LightMedSeg's gap to nnU-Net default lies, case by case: for every table that scored a LightMedSeg
-    recipe row and nnU-Net default on the same folds with per-case Dice (``case_dice``), the difference per class,
-    how many validation cases are worse, the median per-case difference of the mean Dice, the cases with the
-    largest shortfall and, where the table counted them (``case_errors``), the difference in false positive and false
-    negative voxels per class (mean over the cases, as fractions of the reference volume): whether LightMedSeg loses
-    its Dice by over- or by under-segmenting."""
+    row (any recipe, preset, ablation or extension) and nnU-Net default on the same folds with per-case Dice
+    (``case_dice``), the difference per class, how many validation cases are worse, the median per-case difference
+    of the mean Dice, the cases with the largest shortfall and, where the table counted them (``case_errors``), the
+    difference in false positive and false negative voxels per class (mean over the cases, as fractions of the
+    reference volume): whether LightMedSeg loses its Dice by over- or by under-segmenting."""
     lines = []
     for name, table in tables.items():
         rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0
@@ -318,7 +320,7 @@ def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
                      for c in r["case_dice"]}
         reference_errors = {c["case"]: c for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"
                             for c in r.get("case_errors", [])}
-        for trainer in sorted({r["trainer"] for r in rows if recipe_of(r) is not None}):
+        for trainer in sorted({r["trainer"] for r in rows if recipe_of(r, any_network=True) is not None}):
             runs = [r for r in rows if r["trainer"] == trainer]
             cases = [c for r in runs for c in r["case_dice"]]
             if not cases or any(c["case"] not in reference for c in cases):
@@ -335,8 +337,9 @@ def recipe_gap(tables: dict[str, dict[str, Any]], worst: int = 5) -> str:
                 error_delta = ", ".join(
                     f"{n} " + " / ".join(cell(error_difference(errors, reference_errors, n, kind), "+.3f")
                                          for kind in ("false_positive", "false_negative")) for n in classes)
+            label = recipe_of(runs[0], any_network=True)
             lines.append(
-                f"| `{name}` | {trainer} ({recipe_of(runs[0])}) | {','.join(str(r['fold']) for r in runs)} | "
+                f"| `{name}` | {trainer} ({label}) | {','.join(str(r['fold']) for r in runs)} | "
                 f"{len(cases)} | {per_class} | {sum(mean_delta.values()) / len(mean_delta):+.3f} | "
                 f"{sum(v < 0 for v in mean_delta.values())} of {len(cases)} | "
                 f"{statistics.median(mean_delta.values()):+.3f} | "

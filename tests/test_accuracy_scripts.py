@@ -128,7 +128,8 @@ def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_ca
              scored("nnUNetTrainerLightMedSeg_20epochs", 1, {"c": (0.9, 0.9, 0.9)}, 0.1)]
     default = [scored("nnUNetTrainer_20epochs", 0, {"a": (0.9, 0.9, 0.9), "b": (0.9, 0.9, 0.9)}),
                scored("nnUNetTrainer_20epochs", 1, {"c": (0.6, 0.9, 0.9)})]
-    table = {**TABLE, "rows": light + default}
+    extension = [scored("nnUNetTrainerLightMedSeg_refinedHead_20epochs", 0, {"a": (0.9, 0.9, 0.9)})]
+    table = {**TABLE, "rows": light + default + extension}
     unscored = {**TABLE, "rows": [_row("nnUNetTrainerLightMedSeg", 0, 0.8), _row("nnUNetTrainer", 0, 0.9)]}
     lines = readme_tables.recipe_gap({"run": table, "old": unscored}, worst=2).splitlines()
     # per case (mean over classes): a -0.1, b -0.15, c +0.1; per class: RV (-0.1 + 0 + 0.3) / 3,
@@ -136,7 +137,11 @@ def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_ca
     # false positives +0.1 in every class; false negatives the Dice difference negated, RV over cases a and b only
     assert lines[2:] == ["| `run` | nnUNetTrainerLightMedSeg_20epochs (adamw) | 0,1 | 3 | RV +0.067, MYO -0.183, "
                          "LV -0.033 | -0.050 | 2 of 3 | -0.100 | 100% | b -0.150, a -0.100 | RV +0.100 / +0.050, "
-                         "MYO +0.100 / +0.183, LV +0.100 / +0.033 |"]
+                         "MYO +0.100 / +0.183, LV +0.100 / +0.033 |",
+                         # a network the recipe sweep leaves out (an extension) is compared case by case too
+                         "| `run` | nnUNetTrainerLightMedSeg_refinedHead_20epochs (adamw + refinedHead) | 0 | 1 | "
+                         "RV +0.000, MYO +0.000, LV +0.000 | +0.000 | 0 of 1 | +0.000 |  | a +0.000 | "
+                         "RV +0.000 / +0.000, MYO +0.000 / +0.000, LV +0.000 / +0.000 |"]
     assert readme_tables.recipe_gap({"old": unscored}) == ""
 
 

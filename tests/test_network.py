@@ -356,6 +356,18 @@ def test_a_failed_cuda_graph_capture_falls_back_to_the_eager_forward(monkeypatch
             accelerate(tiny(in_channels=2)).eval()(torch.randn(1, 3, 16, 16, 16))
 
 
+def test_refined_head_starts_as_the_paper_head_and_refines_where_the_stem_downsampled():
+    paper = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES).eval()
+    refined = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES, refine_head=True).eval()
+    missing, unexpected = refined.load_state_dict(paper.state_dict(), strict=False)
+    assert sorted(missing) == ["refinement.conv.bias", "refinement.conv.weight"] and not unexpected
+    assert refined.refinement.conv.kernel_size == (1, 3, 3)  # the stem keeps z (stride 1) and halves y, x
+    x = torch.randn(1, 1, 4, 32, 32)
+    torch.testing.assert_close(refined(x), paper(x))  # zero-initialised: the paper's logits
+    refined(x).square().mean().backward()
+    assert refined.refinement.conv.weight.grad[:, 4:].abs().sum() > 0  # it learns from the image channel
+
+
 # ---------------------------------------------------------------------------------------------------- state_dict
 
 #: (number of entries, number of values, digest of the sorted "name [shape]" lines) of each preset's and ablation's
@@ -377,6 +389,7 @@ STATE_DICTS: dict[str, tuple[int, int, str]] = {
     "use_position_bias=False": (170, 476546, "00b0fb8106a47b82"),
     "use_adaptive_decoder=False": (149, 467303, "bb96135e4fbdd308"),
     "ghost=False": (180, 733277, "d83ece3d7723237b"),
+    "refine_head=True": (190, 485745, "67e7dd33f64a664b"),
 }
 
 
@@ -387,8 +400,8 @@ def pinned_network(name: str, in_channels: int = 1, **kwargs: Any) -> LightMedSe
     if name == "paper, ACDC strides":
         return LightMedSeg.from_preset("paper", in_channels, 4, strides=ANISO_STRIDES, **kwargs)
     option, value = name.split("=")
-    return LightMedSeg.from_preset("paper", in_channels, 4, **{option: value if option == "anchor_mode" else False},
-                                   **kwargs)
+    return LightMedSeg.from_preset("paper", in_channels, 4,
+                                   **{option: value if option == "anchor_mode" else value == "True"}, **kwargs)
 
 
 def state_dict_signature(model: nn.Module) -> tuple[int, int, str]:

@@ -7,6 +7,7 @@ import torch
 
 import nnunetv2_lightmedseg
 from nnunetv2_lightmedseg import trainers
+from nnunetv2_lightmedseg.trainers.common import unwrap
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
 
 DATASET = "991"  # conftest's iso_planned
@@ -58,6 +59,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_20epochs", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_gpuDA", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_batch2x", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_refinedHead", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -70,6 +72,10 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     assert trainer.device_augmentation is None  # on the CPU every one keeps nnU-Net's pipeline
     planned_batch = trainer.configuration_manager.batch_size
     assert trainer.batch_size == (2 * planned_batch if name.endswith("_batch2x") else planned_batch)
+    refinement = unwrap(trainer.network).refinement
+    assert (refinement is not None) == name.endswith("_refinedHead")
+    if refinement is not None:  # it trained: the zero-initialised refinement moved
+        assert refinement.conv.weight.abs().sum() > 0
 
 
 def test_warm_up_then_poly_decay(planned):

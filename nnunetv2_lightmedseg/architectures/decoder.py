@@ -1,4 +1,5 @@
-"""Decoder modules: learned skip router, anchor-relative position bias, AdaptiveMix block, ConvTranspose3D head."""
+"""Decoder modules: learned skip router, anchor-relative position bias, AdaptiveMix block, ConvTranspose3D head, and
+the input-guided refinement of the head's logits (an extension, not in the paper)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -123,3 +124,27 @@ class SegmentationHead(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse = self.logits(x)
         return self.upsample(coarse), coarse
+
+
+class InputGuidedRefinement(nn.Module):
+    """Refinement of the head's logits at the input resolution, guided by the input image (an extension of the
+    paper, ``LightMedSegConfig.refine_head``): Y' = Y + Conv_k([Y, X]).
+
+    The paper's head upsamples the logits Z from 1/s_0 with a transposed convolution whose kernel equals its stride,
+    so each output voxel is a fixed linear map of its own coarse voxel's logits: within an s_0 block the boundary
+    cannot follow the image. Conv_k sees the upsampled logits and the image together, with kernel 3 along every
+    axis that the stem downsamples (s_0 > 1) and 1 along the others, so it works only where the head upsampled.
+    Zero-initialised: training starts from the paper's head exactly.
+
+    Shapes: Y (B, K_out, D, H, W), X (B, C_in, D, H, W) -> Y' (B, K_out, D, H, W).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, stem_stride: Stride3D) -> None:
+        super().__init__()
+        kernel = tuple(3 if s > 1 else 1 for s in stem_stride)
+        self.conv = nn.Conv3d(num_classes + in_channels, num_classes, kernel, padding=tuple(k // 2 for k in kernel))
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return logits + self.conv(torch.cat([logits, image.to(logits.dtype)], dim=1))

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .blocks import GhostConv3D, Stride3D, resize_to
-from .decoder import AdaptiveMixBlock, AnchorPositionBias, SegmentationHead, SkipRouter
+from .decoder import AdaptiveMixBlock, AnchorPositionBias, InputGuidedRefinement, SegmentationHead, SkipRouter
 from .encoder import TextureRoutedStage
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
@@ -24,7 +24,8 @@ class LightMedSegConfig:
     widths: (C_stem, C_0, ..., C_{N-1}): the stem width, then the width of each encoder stage i = 0..N-1
     (N stages, N strides).
     The ``use_*`` switches and ``ghost`` replace each named component by its plain alternative
-    (see :class:`LightMedSeg`), so that an ablation is one flag per row.
+    (see :class:`LightMedSeg`), so that an ablation is one flag per row. ``refine_head`` adds what the paper does
+    not have: an input-guided refinement of the logits at the input resolution (:class:`InputGuidedRefinement`).
     """
 
     widths: tuple[int, ...] = (16, 20, 32, 64, 160)
@@ -40,6 +41,7 @@ class LightMedSegConfig:
     use_position_bias: bool = True
     use_adaptive_decoder: bool = True
     ghost: bool = True
+    refine_head: bool = False
 
     @property
     def num_stages(self) -> int:
@@ -140,7 +142,8 @@ class LightMedSeg(nn.Module):
     ``use_film=False`` identity FiLM; ``use_texture_routing=False`` plain Detail branch;
     ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False`` U_l' = U_l;
     ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
-    ``anchor_mode="mlp"`` global pool + MLP anchors.
+    ``anchor_mode="mlp"`` global pool + MLP anchors. Extension, not in the paper: ``refine_head=True`` gives
+    Y' = InputGuidedRefinement(Y, X).
 
     This class is the architecture, in plain PyTorch modules. How it runs fast is switched in beside it:
     ``nnunetv2_lightmedseg.execution.accelerate(network)`` (which nnU-Net's trainers apply) changes how some
@@ -191,6 +194,7 @@ class LightMedSeg(nn.Module):
                              ghost=config.ghost, se_reduction=config.se_reduction)
             for l in range(n - 1))
         self.head = SegmentationHead(stage_widths[0], num_classes, strides[0])
+        self.refinement = InputGuidedRefinement(num_classes, in_channels, strides[0]) if config.refine_head else None
         self.auxiliary_heads = nn.ModuleList(nn.Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
 
     @classmethod
@@ -275,6 +279,8 @@ class LightMedSeg(nn.Module):
 
         # head: logits at 1/s_0, then at the input resolution
         full, coarse = self.head(levels[0])
+        if self.refinement is not None:  # not in the paper (config.refine_head)
+            full = self.refinement(full, x)
         priors = LightMedSegPriors(anchors, texture)
         if not self.deep_supervision:
             return full, priors
