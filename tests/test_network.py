@@ -360,12 +360,17 @@ def test_refined_head_starts_as_the_paper_head_and_refines_where_the_stem_downsa
     paper = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES).eval()
     refined = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES, refine_head=True).eval()
     missing, unexpected = refined.load_state_dict(paper.state_dict(), strict=False)
-    assert sorted(missing) == ["refinement.conv.bias", "refinement.conv.weight"] and not unexpected
-    assert refined.refinement.conv.kernel_size == (1, 3, 3)  # the stem keeps z (stride 1) and halves y, x
+    assert all(name.startswith("refinement.") for name in missing) and not unexpected
+    hidden_conv = refined.refinement.hidden[0]
+    assert hidden_conv.kernel_size == (1, 3, 3)  # the stem keeps z (stride 1) and halves y, x
     x = torch.randn(1, 1, 4, 32, 32)
     torch.testing.assert_close(refined(x), paper(x))  # zero-initialised: the paper's logits
     refined(x).square().mean().backward()
-    assert refined.refinement.conv.weight.grad[:, 4:].abs().sum() > 0  # it learns from the image channel
+    assert refined.refinement.out.weight.grad.abs().sum() > 0  # the output convolution learns first
+    torch.nn.init.normal_(refined.refinement.out.weight)  # as after some training
+    refined.zero_grad()
+    refined(x).square().mean().backward()
+    assert hidden_conv.weight.grad[:, 4:].abs().sum() > 0  # then the hidden layer learns from the image channel
 
 
 # ---------------------------------------------------------------------------------------------------- state_dict
@@ -389,7 +394,7 @@ STATE_DICTS: dict[str, tuple[int, int, str]] = {
     "use_position_bias=False": (170, 476546, "00b0fb8106a47b82"),
     "use_adaptive_decoder=False": (149, 467303, "bb96135e4fbdd308"),
     "ghost=False": (180, 733277, "d83ece3d7723237b"),
-    "refine_head=True": (190, 485745, "67e7dd33f64a664b"),
+    "refine_head=True": (193, 486333, "50d5feca71c5bc46"),
 }
 
 
@@ -450,7 +455,8 @@ def test_outputs_for_given_weights_are_pinned(dtype: torch.dtype, accelerated: b
             (o * torch.linspace(-1, 1, o.numel(), dtype=torch.float64).view_as(o)).sum().item()) for o in outputs]
     tolerance = 1e-8 if dtype == torch.float64 else 1e-5
     for values, pinned in zip(got, PINNED_OUTPUTS, strict=True):
-        assert values == pytest.approx(pinned, rel=tolerance, abs=tolerance), (got, PINNED_OUTPUTS)
+        # the weighted sum cancels: its rounding error scales with the sum of magnitudes, not with its own value
+        assert values == pytest.approx(pinned, rel=tolerance, abs=tolerance * pinned[1]), (got, PINNED_OUTPUTS)
 
 
 def test_architecture_is_plain_pytorch_and_accelerate_switches_in_place() -> None:

@@ -75,7 +75,7 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     refinement = unwrap(trainer.network).refinement
     assert (refinement is not None) == name.endswith("_refinedHead")
     if refinement is not None:  # it trained: the zero-initialised refinement moved
-        assert refinement.conv.weight.abs().sum() > 0
+        assert refinement.out.weight.abs().sum() > 0
 
 
 def test_warm_up_then_poly_decay(planned):

@@ -13,6 +13,8 @@ from .blocks import (
     GhostConv3D,
     SqueezeExcite3D,
     Stride3D,
+    activation,
+    norm3d,
     normalized_grid,
     resize_to,
 )
@@ -128,23 +130,31 @@ class SegmentationHead(nn.Module):
 
 class InputGuidedRefinement(nn.Module):
     """Refinement of the head's logits at the input resolution, guided by the input image (an extension of the
-    paper, ``LightMedSegConfig.refine_head``): Y' = Y + Conv_k([Y, X]).
+    paper, ``LightMedSegConfig.refine_head``): H = act(norm(Conv_k([Y, X]))) with h channels; Y' = Y + Conv1x1(H).
 
     The paper's head upsamples the logits Z from 1/s_0 with a transposed convolution whose kernel equals its stride,
     so each output voxel is a fixed linear map of its own coarse voxel's logits: within an s_0 block the boundary
     cannot follow the image. Conv_k sees the upsampled logits and the image together, with kernel 3 along every
-    axis that the stem downsamples (s_0 > 1) and 1 along the others, so it works only where the head upsampled.
-    Zero-initialised: training starts from the paper's head exactly.
+    axis that the stem downsamples (s_0 > 1) and 1 along the others, so it works only where the head upsampled; the
+    hidden non-linearity lets the correction depend on where the logits are uncertain, which a single linear
+    convolution of [Y, X] cannot (it would add the same multiple of the image everywhere). The output convolution
+    starts at zero: training starts from the paper's head exactly.
 
     Shapes: Y (B, K_out, D, H, W), X (B, C_in, D, H, W) -> Y' (B, K_out, D, H, W).
     """
 
-    def __init__(self, num_classes: int, in_channels: int, stem_stride: Stride3D) -> None:
+    def __init__(self, num_classes: int, in_channels: int, stem_stride: Stride3D, hidden_channels: int = 8) -> None:
         super().__init__()
         kernel = tuple(3 if s > 1 else 1 for s in stem_stride)
-        self.conv = nn.Conv3d(num_classes + in_channels, num_classes, kernel, padding=tuple(k // 2 for k in kernel))
-        nn.init.zeros_(self.conv.weight)
-        nn.init.zeros_(self.conv.bias)
+        self.hidden = nn.Sequential(
+            nn.Conv3d(num_classes + in_channels, hidden_channels, kernel, padding=tuple(k // 2 for k in kernel),
+                      bias=False),
+            norm3d(hidden_channels),
+            activation(),
+        )
+        self.out = nn.Conv3d(hidden_channels, num_classes, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        return logits + self.conv(torch.cat([logits, image.to(logits.dtype)], dim=1))
+        return logits + self.out(self.hidden(torch.cat([logits, image.to(logits.dtype)], dim=1)))
