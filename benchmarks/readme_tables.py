@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 import nnunetv2_lightmedseg.trainers as trainers
 from common import RESULTS, cell
+from nnunetv2_lightmedseg.architectures import get_preset
 from nnunetv2_lightmedseg.trainers.budgets import base_trainer_name
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -208,23 +209,28 @@ def accuracy_tables() -> str:
             continue
         parts.append(f"Budget {budget['epochs']} x {budget['iterations_per_epoch']} = "
                      f"{budget['epochs'] * budget['iterations_per_epoch']:,} iterations per training; "
-                     f"{meta['jobs_per_gpu']} trainings of this table at once on each GPU."
+                     f"{meta['jobs_per_gpu']} training{'s' if meta['jobs_per_gpu'] != 1 else ''} of this table "
+                     f"at once on each GPU."
                      + (f" Note: {meta['params_recounted']}." if "params_recounted" in meta else ""))
     return "\n\n".join(parts) + "\n"
 
 
 def recipe_of(row: dict[str, Any], any_network: bool = False) -> Optional[str]:
     """The training recipe of a LightMedSeg row of the paper network: ``nnUNetTrainerLightMedSeg`` or a variant of it
-    that changes how it trains, not the network (a recipe, the batch, deep supervision, where augmentation runs), at
-    any length. The recipe's name, followed by the variant's where the variant is not a recipe (``adamw + batch2x``);
-    None for every other row (other networks, and, unless ``any_network``, presets, ablations and extensions such as
-    ``adamw + refinedHead``). Rows written before accuracy.py recorded recipes (no ``recipe`` key) were trained with
-    the only recipe there was, nnU-Net's SGD."""
+    that changes how it trains (a recipe, the batch, deep supervision, where augmentation runs) or adds to the paper
+    network what it leaves switched off (an extension, ``refine_head``), at any length. The recipe's name, followed by
+    the variant's where the variant is not a recipe (``adamw + batch2x``, ``adamw + refinedHead``); None for every
+    other row (other networks, and, unless ``any_network``, other presets and the ablations, which take a component
+    away). Rows written before accuracy.py recorded recipes (no ``recipe`` key) were trained with the only recipe there
+    was, nnU-Net's SGD."""
     base = base_trainer_name(row["trainer"])
     cls = getattr(trainers, base, None)
     if cls is None or not issubclass(cls, trainers.nnUNetTrainerLightMedSeg):
         return None
-    if not any_network and (cls.preset != "paper" or cls.network_options):
+    paper = get_preset("paper")
+    extends_paper = all(value is True and getattr(paper, option) is False
+                        for option, value in cls.network_options.items())
+    if not any_network and (cls.preset != "paper" or not extends_paper):
         return None
     recipe = row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
     variant = base.removeprefix("nnUNetTrainerLightMedSeg").removeprefix("_")

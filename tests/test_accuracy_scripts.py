@@ -14,6 +14,7 @@ import pytest
 import accuracy
 import plots
 import readme_tables
+import utilization
 from common import RESULTS
 from nnunetv2_lightmedseg.synthetic import make_dataset
 
@@ -92,7 +93,8 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
                                    **fit(-0.90, -0.84)},
                                   {**_row("nnUNetTrainerLightMedSeg_batch2x_20epochs", 1, 0.89), "recipe": adamw,
                                    **fit(-0.89, -0.85)},
-                                  {**_row("nnUNetTrainerLightMedSeg_small_20epochs", 0, 0.85), "recipe": adamw}]}
+                                  {**_row("nnUNetTrainerLightMedSeg_small_20epochs", 0, 0.85), "recipe": adamw},
+                                  {**_row("nnUNetTrainerLightMedSeg_refinedHead_20epochs", 0, 0.86), "recipe": adamw}]}
     shared = {**TABLE, "rows": [{**_row("nnUNetTrainerLightMedSeg", 0, 0.80), "training_logs": ["a.txt"]}]}
     again = {**shared, "rows": shared["rows"] + [_row("nnUNetTrainer", 0, 0.82)]}
     tables = {"old": TABLE, "new": recorded, "shared": shared, "again": again}
@@ -109,6 +111,9 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
         # a variant that changes how the paper network trains, named after its recipe; presets and ablations are not
         "| adamw + batch2x | `new` | 10 x 100 | 0,1 | RV 0.890, MYO 0.890, LV 0.890 | 0.890 | 0.900 | -0.010 | "
         "-0.895 / -0.845 | -0.910 / -0.865 |",
+        # an extension (it adds what the paper leaves off) is tried for the recipe too
+        "| adamw + refinedHead | `new` | 10 x 100 | 0 | RV 0.860, MYO 0.860, LV 0.860 | 0.860 | 0.900 | -0.040 |  | "
+        "-0.910 / -0.860 |",
         # one training in two tables: one row, compared where a table has nnU-Net default
         "| nnUNetSGD | `shared`, `again` | 10 x 100 | 0 | RV 0.800, MYO 0.800, LV 0.800 | 0.800 | 0.820 | -0.020 "
         "|  |  |",
@@ -138,7 +143,7 @@ def test_recipe_gap_compares_the_networks_case_by_case_on_the_same_validation_ca
     assert lines[2:] == ["| `run` | nnUNetTrainerLightMedSeg_20epochs (adamw) | 0,1 | 3 | RV +0.067, MYO -0.183, "
                          "LV -0.033 | -0.050 | 2 of 3 | -0.100 | 100% | b -0.150, a -0.100 | RV +0.100 / +0.050, "
                          "MYO +0.100 / +0.183, LV +0.100 / +0.033 |",
-                         # a network the recipe sweep leaves out (an extension) is compared case by case too
+                         # an extension is compared case by case too
                          "| `run` | nnUNetTrainerLightMedSeg_refinedHead_20epochs (adamw + refinedHead) | 0 | 1 | "
                          "RV +0.000, MYO +0.000, LV +0.000 | +0.000 | 0 of 1 | +0.000 |  | a +0.000 | "
                          "RV +0.000 / +0.000, MYO +0.000 / +0.000, LV +0.000 / +0.000 |"]
@@ -221,3 +226,25 @@ def test_region_scores_on_a_real_brats_label(shared_dataset, tmp_path):
     assert enhancing["dice"] == 0.0 and np.isnan(enhancing["hd95"])
     # all of it missed (under-segmented), nothing else called enhancing
     assert enhancing["false_negative_fraction"] == 1.0 and enhancing["false_positive_fraction"] == 0.0
+
+
+def test_utilization_counts_the_samples_of_the_training_window(tmp_path):
+    samples = tmp_path / "utilization.txt"
+    samples.write_text("time load_1min gpu_util_% gpu_mem_MiB\n10:00:00 0.5 0 0\n10:00:15 4.0 70 6000\n"
+                       "10:00:30 5.0 95 6000\n10:00:45 6.0 100 6000\n10:01:00 1.0\n10:01:15 0.2 100 10\n")
+    logs = []
+    for fold, (start, end) in enumerate([("10:00:10", "10:00:40"), ("10:00:12", "10:00:50")]):
+        log = tmp_path / f"training_log_{fold}.txt"
+        log.write_text(f"2026-12-02 {start}.123: Epoch 0 \n2026-12-02 10:00:20.1: Epoch 1 \n"
+                       f"2026-12-02 {end}.5: Training done. \n")
+        logs.append(log)
+    assert utilization.training_window(logs) == ("2026-12-02", "10:00:10", "10:00:50")
+    summary = utilization.summarize(utilization.read_samples(samples), "10:00:10", "10:00:50")
+    # the sample after training (100 %) counts in all samples only; the one without a GPU reading in none
+    assert summary["samples"] == 6 and summary["samples_at_100_percent"] == 2
+    assert summary["training_samples"] == 3 and summary["training_samples_at_90_percent_or_more"] == 2
+    assert summary["training_median_gpu_util_percent"] == 95 and summary["training_median_load_1min"] == 5.0
+    unfinished = tmp_path / "unfinished.txt"
+    unfinished.write_text("2026-12-02 10:00:10.1: Epoch 0 \n")
+    with pytest.raises(ValueError, match="did training end"):
+        utilization.training_window([unfinished])
