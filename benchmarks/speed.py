@@ -9,7 +9,8 @@ For every model of the complexity table (``complexity.MODELS``) at every named i
   (``acdc`` setting, the plan's median shape).
 GPU timings use bf16 autocast, CUDA events, warm-up, and the median of many repeats; CPU timings a synchronous clock.
 ``--modes eager graphs compile cudagraphs as-shipped`` measures each model's plain forward, its inference forward
-replayed from CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; forward and cases only), under
+replayed from CUDA graphs as LightMedSeg predicts by default (``InferenceGraphs``; for LightMedSeg the training
+forward and backward replayed too, ``TrainingGraphs`` as ``nnUNetTrainerLightMedSeg_graphedStep`` trains), under
 ``torch.compile`` (nnU-Net compiles on CUDA by default) and under ``torch.compile(mode="reduce-overhead")`` (CUDA
 graphs, training too), and as nnU-Net's commands run it by default (``as-shipped``: forward and cases as
 ``nnUNetv2_predict`` runs them, the training step as ``nnUNetv2_train`` does): the headline ratio, what a user gets.
@@ -271,7 +272,7 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
         runnable = trained = torch.compile(model, dynamic=False, mode=COMPILE_MODES[mode])
     elif mode == "graphs":
         if isinstance(model, LightMedSeg):
-            replay_cuda_graphs(model)
+            replay_cuda_graphs(model, training=True)
         else:
             runnable = ReplayedInference(model)
     elif mode == "as-shipped":
@@ -288,7 +289,8 @@ def measure_row(row: dict[str, Any], name: str, setting: InputSetting, device: t
     row["achieved_gbps"] = round(row["activation_gb"] / (row["forward_ms"] * 1e-3), 1)
     if args.throughput:
         row["max_batch"], row["images_per_s"] = largest_batch_throughput(runnable, setting, device)
-    if not args.no_training and mode != "graphs":  # graphs replay inference only: training is the eager row's
+    # other models replay only their inference in the graphs mode: their training is the eager row's
+    if not args.no_training and (mode != "graphs" or isinstance(model, LightMedSeg)):
         try:
             ms, peak = training_step_ms(trained, setting, TRAIN_BATCH[setting.name], device,
                                         warmup=5 if gpu else 1, repeats=20 if gpu else 2)

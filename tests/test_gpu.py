@@ -108,3 +108,70 @@ def test_nnunet_predictor_gives_the_same_logits_with_and_without_graphs() -> Non
         assert isinstance(model, CUDAGraphLightMedSeg) is graphs
         assert not graphs or len(model.inference_graphs) == 1
     torch.testing.assert_close(logits[True], logits[False], atol=2e-2, rtol=2e-2)
+
+
+def nnunet_step_parts(network: torch.nn.Module):
+    """nnU-Net's deep-supervision loss (Dice + CE, weights 1/2^i, the coarsest 0), its AdamW recipe and GradScaler."""
+    import numpy as np
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunetv2_lightmedseg.trainers.recipes import get_recipe
+    weights = np.array([1 / 2 ** i for i in range(4)])
+    weights[-1] = 0
+    loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False},
+                                                 {}, weight_ce=1, weight_dice=1,
+                                                 dice_class=MemoryEfficientSoftDiceLoss), weights / weights.sum())
+    recipe = get_recipe("adamw")
+    return loss, recipe.make_optimizer(network, recipe.learning_rate, recipe.weight_decay), torch.amp.GradScaler()
+
+
+def nnunet_train_step(network, loss, optimizer, scaler, data, target) -> float:
+    """nnunetv2 2.8.1's nnUNetTrainer.train_step on CUDA, without the transfer: fp16 autocast, scaled backward,
+    unscale, clip at 12, step, update."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", enabled=True):
+        output = network(data)
+        value = loss(output, target)
+    scaler.scale(value).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(network.parameters(), 12)
+    scaler.step(optimizer)
+    scaler.update()
+    return value.detach().cpu().item()
+
+
+def test_training_graphs_follow_the_eager_training_step_of_nnunet() -> None:
+    """Three steps of nnU-Net's train_step (fp16 autocast, GradScaler, clipping, AdamW) on two copies of one network,
+    one replaying its training forward and backward: the same losses and weights, up to fp16 rounding; a batch of
+    another shape runs eagerly; eval mode still replays the inference graphs."""
+    import copy
+
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    built = LightMedSeg.from_preset("paper", 2, 4, strides=ANISO_STRIDES, deep_supervision=True).cuda().train()
+    networks = {graphed: accelerate(copy.deepcopy(built), training_graphs=graphed) for graphed in (True, False)}
+    parts = {graphed: nnunet_step_parts(network) for graphed, network in networks.items()}
+    scales = networks[True].deep_supervision_scales
+    losses = {True: [], False: []}
+    for step in range(3):
+        data = torch.randn(2, 2, 8, 64, 48, device="cuda")
+        labels = torch.randint(0, 4, (2, 1, 8, 64, 48), device="cuda").float()
+        target = [F.interpolate(labels, scale_factor=s, mode="nearest") if s != [1.0, 1.0, 1.0] else labels
+                  for s in scales]
+        for graphed, network in networks.items():
+            losses[graphed].append(nnunet_train_step(network, *parts[graphed], data, target))
+    assert len(networks[True].training_graphs) == 1 and len(networks[False].training_graphs) == 0
+    assert losses[True] == pytest.approx(losses[False], rel=1e-2, abs=1e-3)
+    for (name, got), want in zip(networks[True].named_parameters(), networks[False].parameters()):
+        torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3, msg=name)
+    model = networks[True]
+    other = torch.randn(1, 2, 8, 64, 48, device="cuda")
+    outputs = model(other)  # another batch: eager, the captured graph stays
+    assert len(model.training_graphs) == 1
+    torch.testing.assert_close(outputs[0], model.forward_eager(other)[0])
+    model.eval()
+    with torch.no_grad():
+        model(other)
+    assert len(model.inference_graphs) == 1 and len(model.training_graphs) == 1

@@ -60,6 +60,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_gpuDA", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_batch2x", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_refinedHead", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_graphedStep", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -76,6 +77,9 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     assert (refinement is not None) == name.endswith("_refinedHead")
     if refinement is not None:  # it trained: the zero-initialised refinement moved
         assert refinement.out.weight.abs().sum() > 0
+    network = unwrap(trainer.network)
+    assert network.training_graphs_enabled == name.endswith("_graphedStep")
+    assert len(network.training_graphs) == 0  # on the CPU every one trains eagerly
 
 
 def test_warm_up_then_poly_decay(planned):

@@ -1,5 +1,5 @@
 """How LightMedSeg runs fast: execution choices switched in beside the architecture (CPU kernel choices, CUDA-graph
-replay, GPU augmentation).
+replay in inference and training, GPU augmentation).
 
 ``nnunetv2_lightmedseg.architectures`` says what the network is, in plain PyTorch modules. The choices here change
 how it runs, never what it computes: they keep its parameters and state_dict exactly and its outputs up to float
@@ -22,17 +22,18 @@ from .cpu_kernels import (
     takes_cpu_path,
     use_fast_cpu_kernels,
 )
-from .graph_replay import CUDAGraphLightMedSeg, InferenceGraphs, replay_cuda_graphs
+from .graph_replay import CUDAGraphLightMedSeg, InferenceGraphs, TrainingGraphs, replay_cuda_graphs
 
 __all__ = [
     "CUDAGraphLightMedSeg", "FAST_CPU_CLASSES", "FastCPUConv3d", "FastCPUConvTranspose3d", "FastCPUInstanceNorm3d",
-    "InferenceGraphs", "accelerate", "replay_cuda_graphs", "takes_cpu_path", "use_fast_cpu_kernels",
+    "InferenceGraphs", "TrainingGraphs", "accelerate", "replay_cuda_graphs", "takes_cpu_path", "use_fast_cpu_kernels",
 ]
 
 
-def accelerate(network: LightMedSeg, cuda_graphs: bool = True) -> LightMedSeg:
+def accelerate(network: LightMedSeg, cuda_graphs: bool = True, training_graphs: bool = False) -> LightMedSeg:
     """Switch every execution choice into a built LightMedSeg, in place, and return it: the fast float32 CPU
     kernels (:func:`use_fast_cpu_kernels`) and, with ``cuda_graphs``, the CUDA-graph replay of GPU inference
-    (:func:`replay_cuda_graphs`, which makes it a :class:`CUDAGraphLightMedSeg`)."""
+    (:func:`replay_cuda_graphs`, which makes it a :class:`CUDAGraphLightMedSeg`), with ``training_graphs`` of the
+    training forward and backward too."""
     use_fast_cpu_kernels(network)
-    return replay_cuda_graphs(network) if cuda_graphs else network
+    return replay_cuda_graphs(network, training=training_graphs) if cuda_graphs else network

@@ -1,19 +1,28 @@
-"""Replaying LightMedSeg's inference forward on a GPU from captured CUDA graphs.
+"""Replaying LightMedSeg's forward on a GPU from captured CUDA graphs: in inference always, in training on request.
 
-:class:`InferenceGraphs` captures and replays any forward; :class:`CUDAGraphLightMedSeg` is LightMedSeg with its
-inference forward replayed, and :func:`replay_cuda_graphs` switches a built network to it in place.
+:class:`InferenceGraphs` captures and replays any inference forward; :class:`TrainingGraphs` a training forward and
+its backward; :class:`CUDAGraphLightMedSeg` is LightMedSeg with both switched in, and :func:`replay_cuda_graphs`
+switches a built network to it in place.
 """
 from __future__ import annotations
 
 import warnings
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Union
+from typing import Any, Callable, Hashable, Optional, Union
 
 import torch
+from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 from torch.utils._pytree import tree_map_only
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg
+
+
+def _outside_compilers_and_tracers() -> bool:
+    """Not inside torch.compile, tracing, scripting, ONNX export or a dispatch mode (FLOP counting must see the
+    operators, which a replay does not dispatch)."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export() and not is_in_torch_dispatch_mode())
 
 
 class InferenceGraphs:
@@ -44,9 +53,7 @@ class InferenceGraphs:
     def applies(module: torch.nn.Module, x: torch.Tensor) -> bool:
         """True for a module in eval mode given a CUDA input with autograd off, outside torch.compile, tracing,
         ONNX export and dispatch modes (FLOP counting must see the operators, which a replay does not dispatch)."""
-        return (not module.training and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export()
-                and not is_in_torch_dispatch_mode())
+        return not module.training and x.is_cuda and not torch.is_grad_enabled() and _outside_compilers_and_tracers()
 
     def run(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor, variant: Hashable = None) -> Any:
         key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
@@ -93,14 +100,91 @@ class InferenceGraphs:
         return {"max_graphs": self.max_graphs, "_graphs": OrderedDict()}
 
 
-class CUDAGraphLightMedSeg(LightMedSeg):
-    """LightMedSeg whose inference forward on a GPU (eval mode, autograd off) is captured once per input shape and
-    replayed as a CUDA graph (:class:`InferenceGraphs`): same kernels, same outputs, without the launch cost that
-    bounds this network's eager GPU forward.
+class _EagerForward(nn.Module):
+    """The network's own forward as a module of its parameters, for ``make_graphed_callables`` (which replaces the
+    forward of the module it is given: this wrapper's, not the network's)."""
 
-    Training, the CPU, torch.compile, tracing and ONNX export run LightMedSeg's own forward (``forward_eager``),
-    and so does everything after a capture fails (with one warning: ``cuda_graphs`` becomes False). ``train()``
-    frees the graphs (their memory pool holds one forward's activations); ``eval()`` and ``.to()`` keep them
+    def __init__(self, network: "CUDAGraphLightMedSeg") -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
+        return self.network.forward_eager(x)
+
+
+class TrainingGraphs:
+    """CUDA graphs of a training forward and of its backward (``torch.cuda.make_graphed_callables``), replayed instead
+    of launching their kernels; the loss, the gradient scaling and clipping and the optimiser step stay the caller's.
+
+    nnU-Net trains on patches of one shape and batch, so one signature is captured, on the first training forward
+    (three forwards and backwards of warm-up on that batch first, whose gradients are not accumulated); another
+    signature (shape, dtype, autocast state, deep supervision) runs eagerly. The gradients reach the parameters
+    through autograd as in the eager backward: ``.grad`` is then the graph's gradient buffer, which the next replay
+    overwrites, so the caller must consume them before the next forward (nnU-Net's ``train_step`` does: step, then
+    ``zero_grad(set_to_none=True)``). Outputs that the loss does not use get zero gradients where the eager backward
+    gives None (nnU-Net's coarsest deep-supervision output, weight 0): an optimiser then moves only parameters that no
+    output used.
+
+    Weights are read from their memory at each replay (``load_state_dict`` in place is seen, as by ``--c``);
+    anything that moves them must call ``clear()``.
+    """
+
+    def __init__(self) -> None:
+        self._key: Optional[Hashable] = None
+        self._graphed: Optional[nn.Module] = None
+
+    @staticmethod
+    def applies(module: nn.Module, x: torch.Tensor) -> bool:
+        """True for a module in training mode given a CUDA input with autograd on, in one process
+        (DistributedDataParallel reduces gradients in hooks that the graphed backward would need warmed up with it),
+        outside compilers and tracers."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        return module.training and x.is_cuda and torch.is_grad_enabled() and not distributed and \
+            _outside_compilers_and_tracers()
+
+    def run(self, network: "CUDAGraphLightMedSeg", x: torch.Tensor, variant: Hashable = None) -> Any:
+        """``network.forward_eager(x)``, replayed from the graphs when x has the captured signature (captured on the
+        first call); the outputs are the graph's buffers, valid until the next call."""
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
+               variant)
+        if self._key is None:
+            self._graphed = self._capture(network, x)
+            self._key = key
+        if key != self._key:
+            return network.forward_eager(x)
+        return self._graphed(x)
+
+    @staticmethod
+    def _capture(network: "CUDAGraphLightMedSeg", x: torch.Tensor) -> nn.Module:
+        # make_graphed_callables refuses the caller's autocast cache (nnU-Net's train_step keeps it): the graph
+        # casts the weights itself, in the caller's dtype
+        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
+                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        with torch.cuda.device(x.device), autocast:
+            # unused parameters (the auxiliary heads without deep supervision) get no gradient, as eagerly
+            return torch.cuda.make_graphed_callables(_EagerForward(network), (x.detach(),), allow_unused_input=True)
+
+    def clear(self) -> None:
+        self._key, self._graphed = None, None
+
+    def __len__(self) -> int:
+        return int(self._graphed is not None)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # graphs belong to one process and device: a copy or a pickled module starts without them
+        return {"_key": None, "_graphed": None}
+
+
+class CUDAGraphLightMedSeg(LightMedSeg):
+    """LightMedSeg whose forward on a GPU is replayed from CUDA graphs: its inference forward (eval mode, autograd
+    off) always, captured once per input shape (:class:`InferenceGraphs`); its training forward and backward when
+    ``training_graphs_enabled`` is set (:class:`TrainingGraphs`, off by default: the gradients then live in the graph's
+    buffers, which only a training loop that consumes them at each step may accept). Same kernels, same outputs,
+    without the launch cost that bounds this network's eager GPU forward.
+
+    The CPU, torch.compile, tracing and ONNX export run LightMedSeg's own forward (``forward_eager``), and so does
+    everything after a capture fails (with one warning: ``cuda_graphs`` becomes False). ``train()`` frees the
+    inference graphs (their memory pool holds one forward's activations); ``eval()`` and ``.to()`` keep both kinds
     unless the weights move. The graphs are no state: parameters and state_dict are LightMedSeg's, and copies and
     pickles start without graphs.
 
@@ -111,20 +195,29 @@ class CUDAGraphLightMedSeg(LightMedSeg):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cuda_graphs = True
+        self.training_graphs_enabled = False
         self.inference_graphs = InferenceGraphs()
+        self.training_graphs = TrainingGraphs()
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
         if self.cuda_graphs and InferenceGraphs.applies(self, x):
-            self.check_input(x)
-            try:
-                return self.inference_graphs.run(self.forward_eager, x, variant=self.deep_supervision)
-            except RuntimeError as error:  # a driver or setup that cannot capture must not stop a prediction
-                self.cuda_graphs = False
-                self.inference_graphs.clear()
-                warnings.warn(f"LightMedSeg could not replay its forward from a CUDA graph ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''}); it runs eagerly from now on, "
-                              "slower but with the same results. Set LIGHTMEDSEG_CUDA_GRAPHS=0 to skip the attempt.",
-                              RuntimeWarning, stacklevel=2)
+            return self._replayed(self.inference_graphs.run, self.forward_eager, x)
+        if self.cuda_graphs and self.training_graphs_enabled and TrainingGraphs.applies(self, x):
+            return self._replayed(self.training_graphs.run, self, x)
+        return self.forward_eager(x)
+
+    def _replayed(self, run: Callable[..., Any], forward: Any, x: torch.Tensor) -> Any:
+        self.check_input(x)
+        try:
+            return run(forward, x, variant=self.deep_supervision)
+        except RuntimeError as error:  # a driver or setup that cannot capture must not stop a prediction or training
+            self.cuda_graphs = False
+            self.inference_graphs.clear()
+            self.training_graphs.clear()
+            warnings.warn(f"LightMedSeg could not replay its forward from a CUDA graph ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else ''}); it runs eagerly from now on, "
+                          "slower but with the same results. Set LIGHTMEDSEG_CUDA_GRAPHS=0 to skip the attempt.",
+                          RuntimeWarning, stacklevel=3)
         return self.forward_eager(x)
 
     def forward_eager(self, x: torch.Tensor) -> Union[torch.Tensor, list[torch.Tensor]]:
@@ -143,20 +236,24 @@ class CUDAGraphLightMedSeg(LightMedSeg):
         result = super()._apply(fn, recurse)
         if [t.data_ptr() for t in self.state_dict().values()] != before:
             self.inference_graphs.clear()
+            self.training_graphs.clear()
         return result
 
 
-def replay_cuda_graphs(network: LightMedSeg) -> CUDAGraphLightMedSeg:
-    """Switch a built LightMedSeg to :class:`CUDAGraphLightMedSeg` in place, and return it.
+def replay_cuda_graphs(network: LightMedSeg, training: bool = False) -> CUDAGraphLightMedSeg:
+    """Switch a built LightMedSeg to :class:`CUDAGraphLightMedSeg` in place, and return it; ``training`` also replays
+    its training forward and backward (``training_graphs_enabled``).
 
-    Only the class and two attributes (the replay switch and an empty graph cache) change: parameters, state_dict,
-    hooks, device and mode stay those of the built network. A network that already replays is returned as it is.
+    Only the class and a few attributes (the replay switches and empty graph caches) change: parameters, state_dict,
+    hooks, device and mode stay those of the built network. A network that already replays keeps its graphs.
     """
-    if isinstance(network, CUDAGraphLightMedSeg):
-        return network
-    if type(network) is not LightMedSeg:
-        raise TypeError(f"replay_cuda_graphs takes a LightMedSeg, got a {type(network).__name__}")
-    network.__class__ = CUDAGraphLightMedSeg
-    network.cuda_graphs = True
-    network.inference_graphs = InferenceGraphs()
+    if not isinstance(network, CUDAGraphLightMedSeg):
+        if type(network) is not LightMedSeg:
+            raise TypeError(f"replay_cuda_graphs takes a LightMedSeg, got a {type(network).__name__}")
+        network.__class__ = CUDAGraphLightMedSeg
+        network.cuda_graphs = True
+        network.inference_graphs = InferenceGraphs()
+        network.training_graphs = TrainingGraphs()
+        network.training_graphs_enabled = False
+    network.training_graphs_enabled = network.training_graphs_enabled or training
     return network

@@ -41,7 +41,8 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
     crop), since for a network this small nnU-Net's CPU augmentation workers set the pace of training.
 
     The network is built with ``execution.accelerate``: fast float32 CPU kernels, and on a GPU its inference forward
-    replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead).
+    replayed from CUDA graphs (``LIGHTMEDSEG_CUDA_GRAPHS=0`` in the environment runs it eagerly instead);
+    ``training_graphs`` replays its training forward and backward too (``nnUNetTrainerLightMedSeg_graphedStep``).
 
     Variants set ``preset`` (a name in ``nnunetv2_lightmedseg.architectures.PRESETS``), ``network_options``
     (fields of ``LightMedSegConfig``, e.g. ablation switches), ``recipe``, ``batch_multiplier`` (patches per
@@ -53,6 +54,7 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
     augmentation_device: ClassVar[str] = "cpu"
     preset: ClassVar[str] = "paper"
     network_options: ClassVar[dict[str, Any]] = {}
+    training_graphs: ClassVar[bool] = False
 
     @classmethod
     def network_strides(cls, configuration_manager: ConfigurationManager) -> list[tuple[int, int, int]]:
@@ -71,7 +73,7 @@ class nnUNetTrainerLightMedSeg(InputChecks, RecipeTraining, DeviceAugmentation, 
                                           deep_supervision=enable_deep_supervision, **cls.network_options)
         # how it runs fast, switched in beside the architecture (same state_dict, so checkpoints load strictly)
         return accelerate(network, cuda_graphs=os.environ.get("LIGHTMEDSEG_CUDA_GRAPHS", "1").lower()
-                          not in ("0", "f", "false"))
+                          not in ("0", "f", "false"), training_graphs=cls.training_graphs)
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()  # the plan's batch (per GPU under DDP), oversampling unchanged
@@ -124,6 +126,15 @@ class nnUNetTrainerLightMedSeg_gpuDA(nnUNetTrainerLightMedSeg):
     """nnU-Net's training augmentation batched on the training GPU (on a CPU device: nnU-Net's own pipeline)."""
 
     augmentation_device = "auto"
+
+
+# how the training step runs on a GPU (see execution.TrainingGraphs)
+class nnUNetTrainerLightMedSeg_graphedStep(nnUNetTrainerLightMedSeg):
+    """On a GPU, the network's training forward and backward replayed from CUDA graphs (``execution.TrainingGraphs``,
+    captured on the first batch); nnU-Net's loss, gradient scaling, clipping and optimiser step run as before. The
+    eager training step spends about a third of its time launching small kernels (benchmarks/SPEED_NOTES.md)."""
+
+    training_graphs = True
 
 
 # presets: one width multiplier each (see PRESETS)
