@@ -3,7 +3,8 @@
 ``benchmarks/device/recipe_session.sh`` samples the GPU's utilisation and the 1-minute load average every 15 s into
 ``utilization.txt`` (in its ``out.tgz``). This reads it with the nnU-Net training logs of the session's trainings,
 which say when training ran (from the first "Epoch 0" to the last "Training done."), and writes
-``benchmarks/results/utilization_NAME.json``: every sample, and how many of the training's samples found the GPU busy,
+``benchmarks/results/utilization_NAME.json`` beside the session's ``accuracy_NAME.json`` (whose versions it repeats;
+they are the device's, the trainings' debug.json's): every sample, and how many of the training's samples found the GPU busy,
 which says whether the trainings were bound by the card or by something before it.
 
 Usage::
@@ -75,12 +76,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--name", required=True, help="the session's table name (results file utilization_NAME)")
     parser.add_argument("--command", required=True, help="the device command that ran the session")
     parser.add_argument("--device", required=True, help='e.g. "1 x NVIDIA H200 (16 CPUs)"')
-    parser.add_argument("--versions", default="torch 2.11.0+cu130, nnunetv2 2.8.1", help="on the device")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     date, start, end = training_window(args.training_logs)
     samples = read_samples(args.samples)
-    metadata = {"date": date, "device": args.device, "versions": args.versions, "command": args.command,
+    accuracy = json.loads((args.out / f"accuracy_{args.name}.json").read_text())["metadata"]
+    metadata = {"date": date, "device": args.device, "torch": accuracy["torch"], "nnunetv2": accuracy["nnunetv2"],
+                "command": args.command,
                 "what": f"the card's utilisation and the 1-minute load average every 15 s, sampled by "
                         f"recipe_session.sh during the run of accuracy_{args.name}.json; training from the nnU-Net "
                         f"training logs ({', '.join(p.name for p in args.training_logs)})",
