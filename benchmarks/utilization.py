@@ -3,9 +3,9 @@
 ``benchmarks/device/recipe_session.sh`` samples the GPU's utilisation and the 1-minute load average every 15 s into
 ``utilization.txt`` (in its ``out.tgz``). This reads it with the nnU-Net training logs of the session's trainings,
 which say when training ran (from the first "Epoch 0" to the last "Training done."), and writes
-``benchmarks/results/utilization_NAME.json`` beside the session's ``accuracy_NAME.json`` (whose versions it repeats;
-they are the device's, the trainings' debug.json's): every sample, and how many of the training's samples found the GPU busy,
-which says whether the trainings were bound by the card or by something before it.
+``benchmarks/results/utilization_NAME.json`` beside the session's ``accuracy_NAME.json`` (whose versions it
+repeats: the device's, from the trainings' debug.json): every sample, and how many of the training's samples found
+the GPU busy, which says whether the trainings were bound by the card or by something before it.
 
 Usage::
 
