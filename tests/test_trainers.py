@@ -7,7 +7,7 @@ import torch
 
 import nnunetv2_lightmedseg
 from nnunetv2_lightmedseg import trainers
-from nnunetv2_lightmedseg.trainers.common import unwrap
+from nnunetv2_lightmedseg.trainers.common import strides_from_plan, unwrap
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
 
 DATASET = "991"  # conftest's iso_planned
@@ -61,6 +61,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_batch2x", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_refinedHead", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_graphedStep", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_fullResStem", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -80,6 +81,9 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     network = unwrap(trainer.network)
     assert network.training_graphs_enabled == name.endswith("_graphedStep")
     assert len(network.training_graphs) == 0  # on the CPU every one trains eagerly
+    planned_strides = strides_from_plan(trainer.configuration_manager, network.config.num_stages)
+    assert network.strides == ([(1, 1, 1)] + planned_strides[:-1] if name.endswith("_fullResStem")
+                               else planned_strides)
 
 
 def test_warm_up_then_poly_decay(planned):

@@ -201,6 +201,17 @@ class nnUNetTrainerLightMedSeg_refinedHead(nnUNetTrainerLightMedSeg):
     network_options = {"refine_head": True}
 
 
+class nnUNetTrainerLightMedSeg_fullResStem(nnUNetTrainerLightMedSeg):
+    """The paper network with its stem at the input resolution: strides (1, 1, 1), then the plan's first N - 1, so
+    that stage 0 and the last decoder level see every voxel, as nnU-Net default's first stage does (the paper's stem
+    halves the in-plane grid first). Same parameters; about four times the activations at the stem's grid, and the
+    coarsest level one downsampling finer."""
+
+    @classmethod
+    def network_strides(cls, configuration_manager: ConfigurationManager) -> list[tuple[int, int, int]]:
+        return [(1, 1, 1)] + super().network_strides(configuration_manager)[:-1]
+
+
 # Training lengths need no class here: every trainer of this module exists for any length by name,
 # <Trainer>_<E>epochs[_<I>iters] (budgets.py), e.g. nnUNetTrainerLightMedSeg_20epochs beside nnU-Net's
 # nnUNetTrainer_20epochs, and nnUNetTrainerLightMedSeg_2epochs_10iters for the CPU tests.
