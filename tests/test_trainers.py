@@ -86,6 +86,22 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
                                else planned_strides)
 
 
+
+@pytest.mark.parametrize("compile_setting", [None, "t", "f"])
+def test_graphed_step_replaces_nnunets_default_compile_on_cuda(planned, monkeypatch, compile_setting):
+    """On CUDA nnU-Net compiles every network unless told not to; a compiled network would run none of the graphs."""
+    if compile_setting is None:
+        monkeypatch.delenv("nnUNet_compile", raising=False)
+    else:
+        monkeypatch.setenv("nnUNet_compile", compile_setting)
+    compiles = {}
+    for name in ("nnUNetTrainerLightMedSeg", "nnUNetTrainerLightMedSeg_graphedStep"):
+        trainer = make_trainer(name)
+        trainer.device = torch.device("cuda")  # only what _do_i_compile reads: nothing runs on it
+        compiles[name] = trainer._do_i_compile()
+    assert compiles == {"nnUNetTrainerLightMedSeg": compile_setting != "f",
+                        "nnUNetTrainerLightMedSeg_graphedStep": compile_setting == "t"}
+
 def test_warm_up_then_poly_decay(planned):
     recipe = RECIPES["adamwWarmup"]
     trainer = make_trainer("nnUNetTrainerLightMedSeg_adamwWarmup_20epochs")  # W = 5 % of 5000 iterations

@@ -132,9 +132,17 @@ class nnUNetTrainerLightMedSeg_gpuDA(nnUNetTrainerLightMedSeg):
 class nnUNetTrainerLightMedSeg_graphedStep(nnUNetTrainerLightMedSeg):
     """On a GPU, the network's training forward and backward replayed from CUDA graphs (``execution.TrainingGraphs``,
     captured on the first batch); nnU-Net's loss, gradient scaling, clipping and optimiser step run as before. The
-    eager training step spends about a third of its time launching small kernels (benchmarks/SPEED_NOTES.md)."""
+    eager training step spends about a third of its time launching small kernels (benchmarks/SPEED_NOTES.md).
+
+    The graphs replace nnU-Net's default ``torch.compile`` of the network on CUDA (a compiled network runs no graphs
+    of ours); ``nnUNet_compile=t`` still compiles, and then the graphs step aside."""
 
     training_graphs = True
+
+    def _do_i_compile(self) -> bool:
+        if os.environ.get("nnUNet_compile", "").lower() in ("true", "1", "t"):
+            return super()._do_i_compile()
+        return False
 
 
 # presets: one width multiplier each (see PRESETS)
