@@ -23,7 +23,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > $OUT/gpu.
  done) > $OUT/utilization.txt 2>&1 &
 ACC=(python3 benchmarks/accuracy.py --raw $RAW --work $W --epochs $EPOCHS --iterations $ITERS --gpus 1
      --processes $(nproc) --out $OUT)
-"${ACC[@]}" --trainers nnUNetTrainerLightMedSeg --name plan --plan-only > $W/plan.log 2>&1
+# a failed planning ends the session at once (DONE), so that wait.sh returns instead of waiting out its call
+if ! "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg --name plan --plan-only > $W/plan.log 2>&1; then
+    echo "planning failed $(date -u +%T):"; tail -n 3 $W/plan.log
+    touch $W/DONE
+    exit 1
+fi
 echo "planned $(date -u +%T)"
 export nnUNet_compile=f nnUNet_def_n_proc=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ALL_TRAINERS=() ALL_FOLDS=()
