@@ -122,8 +122,8 @@ class TrainingGraphs:
     through autograd as in the eager backward: ``.grad`` is then the graph's gradient buffer, which the next replay
     overwrites, so the caller must consume them before the next forward (nnU-Net's ``train_step`` does: step, then
     ``zero_grad(set_to_none=True)``). Outputs that the loss does not use get zero gradients where the eager backward
-    gives None (nnU-Net's coarsest deep-supervision output, weight 0): an optimiser then moves only parameters that no
-    output used.
+    gives None (nnU-Net's coarsest deep-supervision output, weight 0): an optimiser with weight decay then also decays
+    the parameters that only such an output uses (its auxiliary head), which no output the loss sees depends on.
 
     Weights are read from their memory at each replay (``load_state_dict`` in place is seen, as by ``--c``);
     anything that moves them must call ``clear()``.
