@@ -212,7 +212,7 @@ class nnUNetTrainerLightMedSeg_refinedHead(nnUNetTrainerLightMedSeg):
 class nnUNetTrainerLightMedSeg_fullResStem(nnUNetTrainerLightMedSeg):
     """The paper network with its stem at the input resolution: strides (1, 1, 1), then the plan's first N - 1, so
     that stage 0 and the last decoder level see every voxel, as nnU-Net default's first stage does (the paper's stem
-    halves the in-plane grid first). Same parameters; about four times the activations at the stem's grid, and the
+    halves the in-plane grid first). The same widths; about four times the activations at the stem's grid, and the
     coarsest level one downsampling finer."""
 
     @classmethod
