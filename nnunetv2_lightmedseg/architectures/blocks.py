@@ -31,13 +31,15 @@ class ConvNormAct3D(nn.Sequential):
     """y = act(norm(conv_k(x))).
 
     Shapes: (B, C_in, D, H, W) -> (B, C_out, D / s_z, H / s_y, W / s_x).
-    A kernel of 3 uses padding 1, so a stride s divides each axis exactly when the axis is divisible by s.
+    The kernel is one odd size or one per axis; a kernel of 3 uses padding 1, so a stride s divides each axis
+    exactly when the axis is divisible by s.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: Stride3D = (1, 1, 1),
-                 groups: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | Stride3D = 3,
+                 stride: Stride3D = (1, 1, 1), groups: int = 1) -> None:
+        padding = kernel_size // 2 if isinstance(kernel_size, int) else tuple(k // 2 for k in kernel_size)
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+            nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                       groups=groups, bias=False),
             norm3d(out_channels),
             activation(),

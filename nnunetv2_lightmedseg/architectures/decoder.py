@@ -13,8 +13,6 @@ from .blocks import (
     GhostConv3D,
     SqueezeExcite3D,
     Stride3D,
-    activation,
-    norm3d,
     normalized_grid,
     resize_to,
 )
@@ -146,12 +144,7 @@ class InputGuidedRefinement(nn.Module):
     def __init__(self, num_classes: int, in_channels: int, stem_stride: Stride3D, hidden_channels: int = 8) -> None:
         super().__init__()
         kernel = tuple(3 if s > 1 else 1 for s in stem_stride)
-        self.hidden = nn.Sequential(
-            nn.Conv3d(num_classes + in_channels, hidden_channels, kernel, padding=tuple(k // 2 for k in kernel),
-                      bias=False),
-            norm3d(hidden_channels),
-            activation(),
-        )
+        self.hidden = ConvNormAct3D(num_classes + in_channels, hidden_channels, kernel)
         self.out = nn.Conv3d(hidden_channels, num_classes, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

@@ -25,6 +25,20 @@ def _outside_compilers_and_tracers() -> bool:
             and not torch.onnx.is_in_onnx_export() and not is_in_torch_dispatch_mode())
 
 
+def _signature(x: torch.Tensor) -> tuple:
+    """What a captured graph is specific to besides the caller's own variant: x's shape, dtype and device and the
+    CUDA autocast state."""
+    return tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda")
+
+
+def _uncached_autocast() -> torch.autocast:
+    """The caller's CUDA autocast without its weight cache: captured, the cache's casts of the weights would be freed
+    with the caller's context and later replays would read stale memory (and make_graphed_callables refuses it), so
+    a graph casts the weights itself."""
+    return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), enabled=torch.is_autocast_enabled("cuda"),
+                          cache_enabled=False)
+
+
 class InferenceGraphs:
     """CUDA graphs of an inference forward, one per input signature, replayed instead of launching its kernels.
 
@@ -56,8 +70,7 @@ class InferenceGraphs:
         return not module.training and x.is_cuda and not torch.is_grad_enabled() and _outside_compilers_and_tracers()
 
     def run(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor, variant: Hashable = None) -> Any:
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
-               torch.is_inference_mode_enabled(), variant)
+        key = (*_signature(x), torch.is_inference_mode_enabled(), variant)
         if key in self._graphs:
             self._graphs.move_to_end(key)
         else:
@@ -71,13 +84,9 @@ class InferenceGraphs:
 
     def _capture(self, forward: Callable[[torch.Tensor], Any], x: torch.Tensor
                  ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
-        # the caller's autocast caches its casts of the weights; captured, those copies would be freed with the
-        # caller's autocast context and later replays would read stale memory, so the graph casts them itself
-        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
         static_input = x.clone()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.device(x.device), autocast:
+        with torch.cuda.device(x.device), _uncached_autocast():
             # warm-up outside the graph: cuDNN's algorithm search and lazy initialisations must not be captured
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -145,8 +154,7 @@ class TrainingGraphs:
     def run(self, network: "CUDAGraphLightMedSeg", x: torch.Tensor, variant: Hashable = None) -> Any:
         """``network.forward_eager(x)``, replayed from the graphs when x has the captured signature (captured on the
         first call); the outputs are the graph's buffers, valid until the next call."""
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
-               variant)
+        key = (*_signature(x), variant)
         if self._key is None:
             self._graphed = self._capture(network, x)
             self._key = key
@@ -156,11 +164,7 @@ class TrainingGraphs:
 
     @staticmethod
     def _capture(network: "CUDAGraphLightMedSeg", x: torch.Tensor) -> nn.Module:
-        # make_graphed_callables refuses the caller's autocast cache (nnU-Net's train_step keeps it): the graph
-        # casts the weights itself, in the caller's dtype
-        autocast = torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"),
-                                  enabled=torch.is_autocast_enabled("cuda"), cache_enabled=False)
-        with torch.cuda.device(x.device), autocast:
+        with torch.cuda.device(x.device), _uncached_autocast():
             # unused parameters (the auxiliary heads without deep supervision) get no gradient, as eagerly
             return torch.cuda.make_graphed_callables(_EagerForward(network), (x.detach(),), allow_unused_input=True)
 
