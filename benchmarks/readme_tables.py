@@ -36,6 +36,12 @@ GPU_TARGETS = [
     ("case_s_speedup", "whole case through nnUNetPredictor", ">=", 5.0),
     ("case_s_mirror_speedup", "whole case through nnUNetPredictor, mirrored", ">=", 5.0),
 ]
+#: The GPU speed issue's targets, each model as nnU-Net's commands run it by default (``speed.py --modes as-shipped``).
+AS_SHIPPED_TARGETS = [
+    ("forward_ms_speedup", "patch forward, batch 1", ">=", 10.0),
+    ("train_step_ms_speedup", "training step, nnU-Net's batch", ">=", 5.0),
+    ("train_peak_ratio", "training peak memory, share of nnU-Net default's", "<=", 0.25),
+]
 CPU_TARGETS = [("case_s_speedup", "CPU whole ACDC case", ">=", 10.0),
                ("case_s_mirror_speedup", "CPU whole ACDC case, mirrored", ">=", 10.0)]
 
@@ -153,6 +159,25 @@ def speed_gpu_table() -> str:
              f"{meta['copy_bandwidth_gbps']:.0f} GB/s.", ""]
     lines += speed_rows_table(table["rows"], gpu=True)
     lines += ["", "Against the targets:", ""] + target_lines(table["rows"], GPU_TARGETS, shipped=True)
+    return "\n".join(lines) + "\n"
+
+
+def speed_gpu_as_shipped_table() -> str:
+    table = load("speed_nvidia-h200_as-shipped.json")
+    if table is None:
+        return "No as-shipped GPU speed results yet: run `python benchmarks/speed.py --modes as-shipped` on a GPU.\n"
+    meta, rows = table["metadata"], table["rows"]
+    bandwidth = meta["copy_bandwidth_gbps"]
+    lines = [f"Measured on {source(meta, 'speed_nvidia-h200_as-shipped.json')}; {meta['precision']}; copy "
+             f"bandwidth {bandwidth:.0f} GB/s.", ""]
+    lines += speed_rows_table(rows, gpu=True)
+    shipped = [r for r in rows if r["mode"] == "as-shipped"]
+    lines += ["", "Against the targets, as shipped:", ""] + target_lines(shipped, AS_SHIPPED_TARGETS)
+    for r in shipped:
+        if r["model"] == LIGHTMEDSEG and r["setting"] == "iso128" and r.get("achieved_gbps"):
+            share = r["achieved_gbps"] / bandwidth
+            lines.append(f"| forward's share of the copy bandwidth | iso128 | as-shipped | >= 0.25 | {share:.3f} | "
+                         + ("yes" if share >= 0.25 else f"no, {0.25 / share:.1f}x below the target") + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -413,6 +438,7 @@ def stability_table() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "multi-gpu-result": multi_gpu_result, "demo-result": demo_result, "complexity-table": complexity_table,
     "speed-gpu-table": speed_gpu_table, "speed-gpu-baselines-table": speed_gpu_baselines_table,
+    "speed-gpu-as-shipped-table": speed_gpu_as_shipped_table,
     "speed-cpu-table": speed_cpu_table, "speed-onnx-table": speed_onnx_table, "accuracy-tables": accuracy_tables,
     "accuracy-run-to-run": accuracy_run_to_run, "recipe-sweep-table": recipe_sweep_table,
     "recipe-gap-table": recipe_gap_table,

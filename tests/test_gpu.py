@@ -144,8 +144,11 @@ def nnunet_train_step(network, loss, optimizer, scaler, data, target) -> float:
 
 def test_training_graphs_follow_the_eager_training_step_of_nnunet() -> None:
     """Three steps of nnU-Net's train_step (fp16 autocast, GradScaler, clipping, AdamW) on two copies of one network,
-    one replaying its training forward and backward: the same losses and weights, up to fp16 rounding; a batch of
-    another shape runs eagerly; eval mode still replays the inference graphs."""
+    one replaying its training forward and backward: the same losses and, at the first step whose gradients are finite
+    (GradScaler skips the others), the same clipped gradients, up to fp16 rounding; a batch of another shape runs
+    eagerly; eval mode still replays the inference graphs. Weights are not compared: AdamW's first updates are about
+    lr x sign(gradient), so fp16 rounding of a gradient near zero moves a weight by up to 2 lr either way (seen on an
+    H200: every tensor differed by up to 6e-3 after three steps at lr 2e-3, with losses equal to 1e-4)."""
     import copy
 
     import torch.nn.functional as F
@@ -155,6 +158,7 @@ def test_training_graphs_follow_the_eager_training_step_of_nnunet() -> None:
     parts = {graphed: nnunet_step_parts(network) for graphed, network in networks.items()}
     scales = networks[True].deep_supervision_scales
     losses = {True: [], False: []}
+    compared = False
     for step in range(3):
         data = torch.randn(2, 2, 8, 64, 48, device="cuda")
         labels = torch.randint(0, 4, (2, 1, 8, 64, 48), device="cuda").float()
@@ -162,10 +166,17 @@ def test_training_graphs_follow_the_eager_training_step_of_nnunet() -> None:
                   for s in scales]
         for graphed, network in networks.items():
             losses[graphed].append(nnunet_train_step(network, *parts[graphed], data, target))
+        # a parameter that only an unused output reaches: no gradient eagerly, zeros from the graph
+        gradients = {graphed: [torch.zeros_like(p) if p.grad is None else p.grad for p in network.parameters()]
+                     for graphed, network in networks.items()}
+        if not compared and all(bool(torch.isfinite(g).all()) for g in sum(gradients.values(), [])):
+            for (name, _), got, want in zip(networks[True].named_parameters(), gradients[True], gradients[False]):
+                bound = 1e-2 * float(want.abs().max()) + 1e-6
+                torch.testing.assert_close(got, want, atol=bound, rtol=1e-2, msg=name)
+            compared = True
+    assert compared, "no step had finite gradients in both networks"
     assert len(networks[True].training_graphs) == 1 and len(networks[False].training_graphs) == 0
     assert losses[True] == pytest.approx(losses[False], rel=1e-2, abs=1e-3)
-    for (name, got), want in zip(networks[True].named_parameters(), networks[False].parameters()):
-        torch.testing.assert_close(got, want, atol=5e-3, rtol=5e-3, msg=name)
     model = networks[True]
     other = torch.randn(1, 2, 8, 64, 48, device="cuda")
     outputs = model(other)  # another batch: eager, the captured graph stays
