@@ -6,13 +6,16 @@ of 15 steps after 5 warm-up steps; peak memory since the variant was built.
     python3 benchmarks/device/step_probe.py OUT.json
 """
 import json
-import statistics
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
 from nnunetv2_lightmedseg.architectures import LightMedSeg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from speed import median_ms  # noqa: E402  (benchmarks/ is no package)
 
 PAPER_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # the ACDC plan's, as the trainer takes them
 VARIANTS = {"paper": ("paper", PAPER_STRIDES),
@@ -30,18 +33,7 @@ def step_ms(network: torch.nn.Module, x: torch.Tensor) -> float:
         loss.backward()
         optimizer.step()
 
-    for _ in range(5):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(15):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_ms(step, torch.device("cuda"), warmup=5, repeats=15)
 
 
 def main(out: str) -> None:
