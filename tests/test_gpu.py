@@ -147,8 +147,8 @@ def test_training_graphs_follow_the_eager_training_step_of_nnunet() -> None:
     one replaying its training forward and backward: the same losses and, at the first step whose gradients are finite
     (GradScaler skips the others), the same clipped gradients, up to fp16 rounding; a batch of another shape runs
     eagerly; eval mode still replays the inference graphs. Weights are not compared: AdamW's first updates are about
-    lr x sign(gradient), so fp16 rounding of a gradient near zero moves a weight by up to 2 lr either way (seen on an
-    H200: every tensor differed by up to 6e-3 after three steps at lr 2e-3, with losses equal to 1e-4)."""
+    lr x sign(gradient), so fp16 rounding of a gradient near zero moves a weight by up to 2 lr either way
+    (``benchmarks/results/graphed_step_diff_nvidia-h200.txt``)."""
     import copy
 
     import torch.nn.functional as F
