@@ -181,6 +181,37 @@ def speed_gpu_as_shipped_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The epoch-time issue's target: LightMedSeg's epoch, as it ships, against nnU-Net default's.
+EPOCH_TARGET = ("epoch wall time, nnU-Net default's over LightMedSeg's", ">=", 4.0)
+
+
+def epoch_time_table() -> str:
+    table = load("epoch_time_nvidia-h200.json")
+    if table is None:
+        return "No epoch-time results yet: run `python benchmarks/epoch_time.py` on a GPU.\n"
+    meta, runs = table["metadata"], table["runs"]
+    reference = next((r for r in runs if base_trainer_name(r["trainer"]) == "nnUNetTrainer"), None)
+    lines = [f"Measured on {source(meta, 'epoch_time_nvidia-h200.json')}; {meta['cpus']} CPUs; {meta['summary']} "
+             f"(of {meta['epochs']}); each trainer alone on the card, one after the other.", "",
+             "| Trainer | Augmentation | Workers | Compiled | Epoch (s) | Training iterations (s) | Iterations / s | "
+             "x (epoch) |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in runs:
+        ratio = (reference["median_epoch_seconds"] / r["median_epoch_seconds"]
+                 if reference and r["median_epoch_seconds"] else None)
+        lines.append(f"| {r['trainer']} | {r['augmentation']} | {r['augmentation_workers']} | {r['compiled']} | "
+                     f"{cell(r['median_epoch_seconds'], '.1f')} | {cell(r['median_train_seconds'], '.1f')} | "
+                     f"{cell(r['train_iterations_per_second'], '.1f')} | {cell(ratio, '.2f')} |")
+    if reference:
+        label, op, bound = EPOCH_TARGET
+        lines += ["", "Against the target:", "", "| Target | Setting | Mode | Required | Measured | Met |",
+                  "|---|---|---|---:|---:|---|"]
+        for r in runs:
+            if r is not reference and r["median_epoch_seconds"]:
+                lines.append(target_line(label, r["trainer"], "nnUNetv2_train's defaults", op, bound,
+                                         reference["median_epoch_seconds"] / r["median_epoch_seconds"]))
+    return "\n".join(lines) + "\n"
+
+
 def speed_gpu_baselines_table() -> str:
     table = load("speed_nvidia-h200_baselines.json")
     if table is None:
@@ -438,7 +469,7 @@ def stability_table() -> str:
 SECTIONS: dict[str, Callable[[], str]] = {
     "multi-gpu-result": multi_gpu_result, "demo-result": demo_result, "complexity-table": complexity_table,
     "speed-gpu-table": speed_gpu_table, "speed-gpu-baselines-table": speed_gpu_baselines_table,
-    "speed-gpu-as-shipped-table": speed_gpu_as_shipped_table,
+    "speed-gpu-as-shipped-table": speed_gpu_as_shipped_table, "epoch-time-table": epoch_time_table,
     "speed-cpu-table": speed_cpu_table, "speed-onnx-table": speed_onnx_table, "accuracy-tables": accuracy_tables,
     "accuracy-run-to-run": accuracy_run_to_run, "recipe-sweep-table": recipe_sweep_table,
     "recipe-gap-table": recipe_gap_table,
