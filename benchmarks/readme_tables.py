@@ -83,11 +83,14 @@ def target_line(label: str, setting: str, mode: str, op: str, bound: float, valu
     return f"| {label} | {setting} | {mode} | {op} {bound:g} | {value:.{digits}f} | {miss} |"
 
 
+TARGETS_HEADER = ("| Target | Setting | Mode | Required | Measured | Met |", "|---|---|---|---:|---:|---|")
+
+
 def target_lines(rows: list[dict[str, Any]], targets: list[tuple[str, str, str, float]],
                  shipped: bool = False) -> list[str]:
     """One line per target and LightMedSeg row; with ``shipped``, prediction targets also as each model predicts
     by default: LightMedSeg replaying CUDA graphs (its ``graphs`` rows) against nnU-Net default eager."""
-    lines = ["| Target | Setting | Mode | Required | Measured | Met |", "|---|---|---|---:|---:|---|"]
+    lines = list(TARGETS_HEADER)
     for key, label, op, bound in targets:
         for r in rows:
             if r["model"] == LIGHTMEDSEG and r.get(key) is not None:
@@ -203,8 +206,7 @@ def epoch_time_table() -> str:
                      f"{cell(r['train_iterations_per_second'], '.1f')} | {cell(ratio, '.2f')} |")
     if reference:
         label, op, bound = EPOCH_TARGET
-        lines += ["", "Against the target:", "", "| Target | Setting | Mode | Required | Measured | Met |",
-                  "|---|---|---|---:|---:|---|"]
+        lines += ["", "Against the target:", "", *TARGETS_HEADER]
         for r in runs:
             if r is not reference and r["median_epoch_seconds"]:
                 lines.append(target_line(label, r["trainer"], "nnUNetv2_train's defaults", op, bound,
