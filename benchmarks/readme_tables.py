@@ -274,13 +274,13 @@ def accuracy_tables() -> str:
 
 
 def recipe_of(row: dict[str, Any], any_network: bool = False) -> Optional[str]:
-    """The training recipe of a LightMedSeg row of the paper network: ``nnUNetTrainerLightMedSeg`` or a variant of it
-    that changes how it trains (a recipe, the batch, deep supervision, where augmentation runs) or adds to the paper
-    network what it leaves switched off (an extension, ``refine_head``), at any length. The recipe's name, followed by
-    the variant's where the variant is not a recipe (``adamw + batch2x``, ``adamw + refinedHead``); None for every
-    other row (other networks, and, unless ``any_network``, other presets and the ablations, which take a component
-    away). Rows written before accuracy.py recorded recipes (no ``recipe`` key) were trained with the only recipe there
-    was, nnU-Net's SGD."""
+    """The training recipe of a LightMedSeg row: ``nnUNetTrainerLightMedSeg`` or a variant of it that changes how it
+    trains (a recipe, the batch, deep supervision, where augmentation runs), adds to the paper network what it leaves
+    switched off (an extension, ``refine_head``) or sets another preset (its widths), at any length. The recipe's
+    name, followed by the variant's where the variant is not a recipe (``adamw + batch2x``, ``adamw + refinedHead``,
+    ``adamw + fine``); None for every other row (other networks, and, unless ``any_network``, the ablations, which
+    take a component away). Rows written before accuracy.py recorded recipes (no ``recipe`` key) were trained with the
+    only recipe there was, nnU-Net's SGD."""
     base = base_trainer_name(row["trainer"])
     cls = getattr(trainers, base, None)
     if cls is None or not issubclass(cls, trainers.nnUNetTrainerLightMedSeg):
@@ -288,7 +288,7 @@ def recipe_of(row: dict[str, Any], any_network: bool = False) -> Optional[str]:
     paper = get_preset("paper")
     extends_paper = all(value is True and getattr(paper, option) is False
                         for option, value in cls.network_options.items())
-    if not any_network and (cls.preset != "paper" or not extends_paper):
+    if not any_network and not extends_paper:
         return None
     recipe = row["recipe"]["name"] if "recipe" in row else "nnUNetSGD"
     variant = base.removeprefix("nnUNetTrainerLightMedSeg").removeprefix("_")
@@ -306,23 +306,34 @@ def recipe_sweep_table() -> str:
 
 
 def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
-    """One row per recipe and set of trainings: LightMedSeg's validation Dice per class, mean over the folds, and
-    nnU-Net default's on the same folds of the same table (the same run), where a table has it; beside them nnU-Net's
-    training and validation loss of the last epoch (mean over the folds, where the table recorded them), which says
-    whether a recipe fits the training patches better without validating better. Trainings that two tables share
-    (the same nnU-Net training logs) are one row naming both."""
+    """One row per recipe and set of trainings: the network's parameters, LightMedSeg's validation Dice per class,
+    mean over the folds, and nnU-Net default's on the same folds of the same table (the same run), where a table has
+    it; where it has not, nnU-Net default's mean over every run of the same dataset, budget and folds, and how
+    many runs that is (a weaker comparison: run-to-run spread included); beside them nnU-Net's training and validation
+    loss of the last epoch (mean over the folds, where the table recorded them), which says whether a recipe fits the
+    training patches better without validating better. Trainings that two tables share (the same nnU-Net training
+    logs) are one row naming both."""
     def losses(runs: list[dict[str, Any]]) -> Optional[str]:
         values = [[r.get(f"{loss}_last_epoch") for r in runs] for loss in ("train_loss", "val_loss")]
         if not runs or None in values[0] + values[1]:
             return None
         return " / ".join(f"{sum(v) / len(v):.3f}" for v in values)
 
+    def setting(meta: dict[str, Any]) -> tuple:
+        return meta["dataset"], meta["budget"]["epochs"], meta["budget"]["iterations_per_epoch"]
+
+    # nnU-Net default's Dice per (setting, fold), one value per training (a training two tables share counts once)
+    default_runs: dict[tuple, dict[tuple, float]] = {}
     entries: dict[tuple, dict[str, Any]] = {}
     for name, table in tables.items():
         meta = table["metadata"]
         if meta.get("smoke_test"):
             continue
         rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0]
+        for r in rows:
+            if base_trainer_name(r["trainer"]) == "nnUNetTrainer":
+                training = tuple(r.get("training_logs", [])) or (name, r["trainer"])
+                default_runs.setdefault((*setting(meta), r["fold"]), {})[training] = r["mean_dice"]
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
             recipe = recipe_of(row)
@@ -333,6 +344,7 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
             logs = tuple(sorted(log for r in runs for log in r.get("training_logs", [])))
             entry = entries.setdefault((recipe, logs or (name, trainer)), {
                 "recipe": recipe, "tables": [], "meta": meta, "folds": folds, "reference": None,
+                "params": runs[0]["params"] / 1e6,
                 "losses": losses(runs), "reference_losses": None,
                 "mean": sum(r["mean_dice"] for r in runs) / len(runs),
                 "per_class": ", ".join(f"{c} {sum(r[c]['dice'] for r in runs) / len(runs):.3f}"
@@ -342,15 +354,26 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
             if entry["reference"] is None and len(reference) == len(folds):
                 entry["reference"] = sum(r["mean_dice"] for r in reference) / len(reference)
                 entry["reference_losses"] = losses(reference)
-    lines = ["| Recipe | Table | Dataset | Budget (epochs x iterations) | Folds | Dice per class | Mean Dice | "
-             "nnU-Net default, same run and folds | Difference | Loss, last epoch: training / validation | "
-             "nnU-Net default's |", "|---|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    def other_runs(e: dict[str, Any]) -> str:
+        runs = [default_runs.get((*setting(e["meta"]), fold), {}) for fold in e["folds"]]
+        if e["reference"] is not None or not all(runs):
+            return ""
+        mean = sum(sum(r.values()) / len(r) for r in runs) / len(runs)
+        count = min(len(r) for r in runs)
+        return f"{mean:.3f} ({count} run{'s' if count != 1 else ''}): {e['mean'] - mean:+.3f}"
+
+    lines = ["| Recipe | Params (M) | Table | Dataset | Budget (epochs x iterations) | Folds | Dice per class | "
+             "Mean Dice | nnU-Net default, same run and folds | Difference | nnU-Net default, every run of the same "
+             "budget and folds: difference | Loss, last epoch: training / validation | nnU-Net default's |",
+             "|---|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for e in entries.values():
         meta, budget, ref = e["meta"], e["meta"]["budget"], e["reference"]
-        lines.append(f"| {e['recipe']} | {', '.join(f'`{t}`' for t in e['tables'])} | {meta['dataset']} | "
+        lines.append(f"| {e['recipe']} | {e['params']:.3f} | {', '.join(f'`{t}`' for t in e['tables'])} | "
+                     f"{meta['dataset']} | "
                      f"{budget['epochs']} x {budget['iterations_per_epoch']} | {','.join(map(str, e['folds']))} | "
                      f"{e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
-                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {e['losses'] or ''} | "
+                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {other_runs(e)} | "
+                     f"{e['losses'] or ''} | "
                      f"{e['reference_losses'] or ''} |")
     return "\n".join(lines) + "\n"
 

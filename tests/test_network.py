@@ -384,6 +384,7 @@ STATE_DICTS: dict[str, tuple[int, int, str]] = {
     "paper": (188, 485201, "3d742415a6ae81b0"),
     "base": (188, 1061639, "cb1d2b3e596095f9"),
     "large": (188, 1848839, "7671db1d93c1711f"),
+    "fine": (188, 489143, "a167d3f246e579ed"),
     "paper, ACDC strides": (188, 441617, "ab28a158aab6377c"),
     "use_anchors=False": (157, 457482, "0525cb3918ffc9f9"),
     "anchor_mode=mlp": (187, 485953, "15035ff926024804"),

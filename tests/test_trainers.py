@@ -7,6 +7,7 @@ import torch
 
 import nnunetv2_lightmedseg
 from nnunetv2_lightmedseg import trainers
+from nnunetv2_lightmedseg.architectures.lightmedseg import PAPER_CONFIG
 from nnunetv2_lightmedseg.trainers.common import strides_from_plan, unwrap
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
 
@@ -62,6 +63,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_refinedHead", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_graphedStep", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_fullResStem", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_fine", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -79,6 +81,7 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     if refinement is not None:  # it trained: the zero-initialised refinement moved
         assert refinement.out.weight.abs().sum() > 0
     network = unwrap(trainer.network)
+    assert network.config.widths == (24, 32, 48, 64, 112) if name.endswith("_fine") else PAPER_CONFIG.widths
     assert network.training_graphs_enabled == name.endswith("_graphedStep")
     assert len(network.training_graphs) == 0  # on the CPU every one trains eagerly
     planned_strides = strides_from_plan(trainer.configuration_manager, network.config.num_stages)

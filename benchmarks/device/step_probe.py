@@ -20,7 +20,8 @@ from speed import median_ms  # noqa: E402  (benchmarks/ is no package)
 PAPER_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # the ACDC plan's, as the trainer takes them
 VARIANTS = {"paper": ("paper", PAPER_STRIDES),
             "fullResStem": ("paper", [(1, 1, 1)] + PAPER_STRIDES[:-1]),  # nnUNetTrainerLightMedSeg_fullResStem
-            "large": ("large", PAPER_STRIDES)}
+            "large": ("large", PAPER_STRIDES),
+            "fine": ("fine", PAPER_STRIDES)}
 
 
 def step_ms(network: torch.nn.Module, x: torch.Tensor) -> float:

@@ -145,7 +145,7 @@ class nnUNetTrainerLightMedSeg_graphedStep(nnUNetTrainerLightMedSeg):
         return False
 
 
-# presets: one width multiplier each (see PRESETS)
+# presets: one named configuration of widths each (see PRESETS)
 class nnUNetTrainerLightMedSeg_tiny(nnUNetTrainerLightMedSeg):
     preset = "tiny"
 
@@ -160,6 +160,13 @@ class nnUNetTrainerLightMedSeg_base(nnUNetTrainerLightMedSeg):
 
 class nnUNetTrainerLightMedSeg_large(nnUNetTrainerLightMedSeg):
     preset = "large"
+
+
+class nnUNetTrainerLightMedSeg_fine(nnUNetTrainerLightMedSeg):
+    """The paper's parameter budget spent finer: widths (24, 32, 48, 64, 112) instead of (16, 20, 32, 64, 160), so
+    the stem and the first stages, which draw the boundaries, are wider and the coarsest stage narrower."""
+
+    preset = "fine"
 
 
 # ablations: each replaces one named component by its plain alternative (see LightMedSeg's docstring)
