@@ -196,21 +196,23 @@ def epoch_time_table() -> str:
     reference = next((r for r in runs if base_trainer_name(r["trainer"]) == "nnUNetTrainer"), None)
     lines = [f"Measured on {source(meta, 'epoch_time_nvidia-h200.json')}; {meta['cpus']} CPUs; {meta['summary']} "
              f"(of {meta['epochs']}); each trainer alone on the card, one after the other.", "",
-             "| Trainer | Augmentation | Workers | Compiled | Epoch (s) | Training iterations (s) | Iterations / s | "
-             "x (epoch) |", "|---|---|---:|---|---:|---:|---:|---:|"]
+             # nnU-Net's data-loader processes (nnUNet_n_proc_DA) augment only where the Augmentation column says
+             # so; with the augmentation on the device they load and crop
+             "| Trainer | Augmentation | Data-loader processes | Compiled | Epoch (s) | Training iterations (s) | "
+             "Iterations / s | x (epoch) |", "|---|---|---:|---|---:|---:|---:|---:|"]
+    ratios = {r["trainer"]: reference["median_epoch_seconds"] / r["median_epoch_seconds"]
+              for r in runs if reference and r["median_epoch_seconds"]}
     for r in runs:
-        ratio = (reference["median_epoch_seconds"] / r["median_epoch_seconds"]
-                 if reference and r["median_epoch_seconds"] else None)
         lines.append(f"| {r['trainer']} | {r['augmentation']} | {r['augmentation_workers']} | {r['compiled']} | "
                      f"{cell(r['median_epoch_seconds'], '.1f')} | {cell(r['median_train_seconds'], '.1f')} | "
-                     f"{cell(r['train_iterations_per_second'], '.1f')} | {cell(ratio, '.2f')} |")
+                     f"{cell(r['train_iterations_per_second'], '.1f')} | {cell(ratios.get(r['trainer']), '.2f')} |")
     if reference:
         label, op, bound = EPOCH_TARGET
         lines += ["", "Against the target:", "", *TARGETS_HEADER]
         for r in runs:
-            if r is not reference and r["median_epoch_seconds"]:
+            if r is not reference and r["trainer"] in ratios:
                 lines.append(target_line(label, r["trainer"], "nnUNetv2_train's defaults", op, bound,
-                                         reference["median_epoch_seconds"] / r["median_epoch_seconds"]))
+                                         ratios[r["trainer"]]))
     return "\n".join(lines) + "\n"
 
 
