@@ -310,8 +310,9 @@ def recipe_sweep_table() -> str:
 def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     """One row per recipe and set of trainings: the network's parameters, LightMedSeg's validation Dice per class,
     mean over the folds, and nnU-Net default's on the same folds of the same table (the same run), where a table has
-    it; where it has not, nnU-Net default's mean over every run of the same dataset, budget and folds, and how
-    many runs that is (a weaker comparison: run-to-run spread included); beside them nnU-Net's training and validation
+    it; where it has not (on every fold), nnU-Net default's mean over every training of it at the same dataset, budget
+    and folds, the table's own included, and how many trainings each fold has (a weaker comparison: run-to-run spread
+    included); beside them nnU-Net's training and validation
     loss of the last epoch (mean over the folds, where the table recorded them), which says whether a recipe fits the
     training patches better without validating better. Trainings that two tables share (the same nnU-Net training
     logs) are one row naming both."""
@@ -324,7 +325,8 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     def setting(meta: dict[str, Any]) -> tuple:
         return meta["dataset"], meta["budget"]["epochs"], meta["budget"]["iterations_per_epoch"]
 
-    # nnU-Net default's Dice per (setting, fold), one value per training (a training two tables share counts once)
+    # nnU-Net default's Dice per (setting, fold), one value per training (a training two tables share counts once
+    # where the tables recorded its logs)
     default_runs: dict[tuple, dict[tuple, float]] = {}
     entries: dict[tuple, dict[str, Any]] = {}
     for name, table in tables.items():
@@ -334,7 +336,7 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
         rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0]
         for r in rows:
             if base_trainer_name(r["trainer"]) == "nnUNetTrainer":
-                training = tuple(r.get("training_logs", [])) or (name, r["trainer"])
+                training = tuple(sorted(r.get("training_logs", []))) or (name, r["trainer"])
                 default_runs.setdefault((*setting(meta), r["fold"]), {})[training] = r["mean_dice"]
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
@@ -356,25 +358,27 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
             if entry["reference"] is None and len(reference) == len(folds):
                 entry["reference"] = sum(r["mean_dice"] for r in reference) / len(reference)
                 entry["reference_losses"] = losses(reference)
-    def other_runs(e: dict[str, Any]) -> str:
-        runs = [default_runs.get((*setting(e["meta"]), fold), {}) for fold in e["folds"]]
-        if e["reference"] is not None or not all(runs):
+
+    def every_training(e: dict[str, Any]) -> str:
+        per_fold = [default_runs.get((*setting(e["meta"]), fold), {}) for fold in e["folds"]]
+        if e["reference"] is not None or not all(per_fold):
             return ""
-        mean = sum(sum(r.values()) / len(r) for r in runs) / len(runs)
-        count = min(len(r) for r in runs)
-        return f"{mean:.3f} ({count} run{'s' if count != 1 else ''}): {e['mean'] - mean:+.3f}"
+        mean = sum(sum(r.values()) / len(r) for r in per_fold) / len(per_fold)
+        counts = "+".join(str(len(r)) for r in per_fold)
+        return f"{mean:.3f} ({counts} training{'s' if counts != '1' else ''}): {e['mean'] - mean:+.3f}"
 
     lines = ["| Recipe | Params (M) | Table | Dataset | Budget (epochs x iterations) | Folds | Dice per class | "
-             "Mean Dice | nnU-Net default, same run and folds | Difference | nnU-Net default, every run of the same "
-             "budget and folds: difference | Loss, last epoch: training / validation | nnU-Net default's |",
-             "|---|---:|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "Mean Dice | nnU-Net default, same run and folds | Difference | nnU-Net default, every training of the "
+             "same budget and folds (trainings per fold): difference | Loss, last epoch: training / validation | "
+             "nnU-Net default's |",
+             "|---|---:|---|---|---|---|---|---:|---:|---:|---|---:|---:|"]
     for e in entries.values():
         meta, budget, ref = e["meta"], e["meta"]["budget"], e["reference"]
         lines.append(f"| {e['recipe']} | {e['params']:.3f} | {', '.join(f'`{t}`' for t in e['tables'])} | "
                      f"{meta['dataset']} | "
                      f"{budget['epochs']} x {budget['iterations_per_epoch']} | {','.join(map(str, e['folds']))} | "
                      f"{e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
-                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {other_runs(e)} | "
+                     f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {every_training(e)} | "
                      f"{e['losses'] or ''} | "
                      f"{e['reference_losses'] or ''} |")
     return "\n".join(lines) + "\n"

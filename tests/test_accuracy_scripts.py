@@ -102,9 +102,10 @@ def test_recipe_sweep_has_one_row_per_recipe_and_table_beside_nnunet_default():
              readme_tables.recipe_sweep(tables).splitlines()[2:]]
     assert lines == [
         # written before recipes were recorded: nnU-Net's SGD; fold 1 has no nnU-Net default row to compare with in
-        # the same run, so the comparison is with every run of the budget (fold 0: three, fold 1: one)
+        # the same run, so the comparison is with every training of the budget (fold 0: three, its own among them;
+        # fold 1: one)
         "| nnUNetSGD | 0.480 | `old` | 10 x 100 | 0,1 | RV 0.850, MYO 0.850, LV 0.850 | 0.850 |  |  | "
-        "0.887 (1 run): -0.037 |  |  |",
+        "0.887 (3+1 trainings): -0.037 |  |  |",
         # losses where both folds of a row recorded them
         "| adamw | 0.480 | `new` | 10 x 100 | 0,1 | RV 0.870, MYO 0.870, LV 0.870 | 0.870 | 0.900 | -0.030 |  |  | "
         "-0.910 / -0.865 |",

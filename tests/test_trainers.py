@@ -7,7 +7,7 @@ import torch
 
 import nnunetv2_lightmedseg
 from nnunetv2_lightmedseg import trainers
-from nnunetv2_lightmedseg.architectures.lightmedseg import PAPER_CONFIG
+from nnunetv2_lightmedseg.architectures import get_preset
 from nnunetv2_lightmedseg.trainers.common import strides_from_plan, unwrap
 from nnunetv2_lightmedseg.trainers.recipes import RECIPES, optimizer_signature
 
@@ -81,7 +81,7 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     if refinement is not None:  # it trained: the zero-initialised refinement moved
         assert refinement.out.weight.abs().sum() > 0
     network = unwrap(trainer.network)
-    assert network.config.widths == (24, 32, 48, 64, 112) if name.endswith("_fine") else PAPER_CONFIG.widths
+    assert network.config.widths == get_preset("fine" if name.endswith("_fine") else "paper").widths
     assert network.training_graphs_enabled == name.endswith("_graphedStep")
     assert len(network.training_graphs) == 0  # on the CPU every one trains eagerly
     planned_strides = strides_from_plan(trainer.configuration_manager, network.config.num_stages)

@@ -63,8 +63,8 @@ PRESETS: dict[str, LightMedSegConfig] = {
     "paper": PAPER_CONFIG,
     "base": PAPER_CONFIG.scaled(1.5),
     "large": PAPER_CONFIG.scaled(2.0),
-    # the paper's parameter budget (within 3 %) with width moved from the coarsest stage, which holds three quarters
-    # of the paper's parameters, to the stem and the first stages, where the boundaries are drawn
+    # the paper's parameter budget with width moved from the coarsest stage, where most of the paper's parameters
+    # sit, to the stem and the first stages, where the boundaries are drawn
     "fine": dataclasses.replace(PAPER_CONFIG, widths=(24, 32, 48, 64, 112)),
 }
 

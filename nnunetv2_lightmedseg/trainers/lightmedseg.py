@@ -163,8 +163,8 @@ class nnUNetTrainerLightMedSeg_large(nnUNetTrainerLightMedSeg):
 
 
 class nnUNetTrainerLightMedSeg_fine(nnUNetTrainerLightMedSeg):
-    """The paper's parameter budget spent finer: widths (24, 32, 48, 64, 112) instead of (16, 20, 32, 64, 160), so
-    the stem and the first stages, which draw the boundaries, are wider and the coarsest stage narrower."""
+    """The paper's parameter budget spent at the fine scales (preset ``fine``): a wider stem and first stages, a
+    narrower coarsest stage."""
 
     preset = "fine"
 
