@@ -312,10 +312,9 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     mean over the folds, and nnU-Net default's on the same folds of the same table (the same run), where a table has
     it; where it has not (on every fold), nnU-Net default's mean over every training of it at the same dataset, budget
     and folds, the table's own included, and how many trainings each fold has (a weaker comparison: run-to-run spread
-    included); beside them nnU-Net's training and validation
-    loss of the last epoch (mean over the folds, where the table recorded them), which says whether a recipe fits the
-    training patches better without validating better. Trainings that two tables share (the same nnU-Net training
-    logs) are one row naming both."""
+    included); beside them nnU-Net's training and validation loss of the last epoch (mean over the folds, where the
+    table recorded them), which says whether a recipe fits the training patches better without validating better.
+    Trainings that two tables share (the same nnU-Net training logs) are one row naming both."""
     def losses(runs: list[dict[str, Any]]) -> Optional[str]:
         values = [[r.get(f"{loss}_last_epoch") for r in runs] for loss in ("train_loss", "val_loss")]
         if not runs or None in values[0] + values[1]:
@@ -375,12 +374,10 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
     for e in entries.values():
         meta, budget, ref = e["meta"], e["meta"]["budget"], e["reference"]
         lines.append(f"| {e['recipe']} | {e['params']:.3f} | {', '.join(f'`{t}`' for t in e['tables'])} | "
-                     f"{meta['dataset']} | "
-                     f"{budget['epochs']} x {budget['iterations_per_epoch']} | {','.join(map(str, e['folds']))} | "
-                     f"{e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
+                     f"{meta['dataset']} | {budget['epochs']} x {budget['iterations_per_epoch']} | "
+                     f"{','.join(map(str, e['folds']))} | {e['per_class']} | {e['mean']:.3f} | {cell(ref, '.3f')} | "
                      f"{cell(None if ref is None else e['mean'] - ref, '+.3f')} | {every_training(e)} | "
-                     f"{e['losses'] or ''} | "
-                     f"{e['reference_losses'] or ''} |")
+                     f"{e['losses'] or ''} | {e['reference_losses'] or ''} |")
     return "\n".join(lines) + "\n"
 
 
