@@ -333,10 +333,10 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
         if meta.get("smoke_test"):
             continue
         rows = [r for r in table["rows"] if r["kind"] == "cross-validation" and r["train_fraction"] == 1.0]
-        for r in rows:
-            if base_trainer_name(r["trainer"]) == "nnUNetTrainer":
-                training = tuple(sorted(r.get("training_logs", []))) or (name, r["trainer"])
-                default_runs.setdefault((*setting(meta), r["fold"]), {})[training] = r["mean_dice"]
+        defaults = [r for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer"]
+        for r in defaults:
+            training = tuple(sorted(r.get("training_logs", []))) or (name, r["trainer"])
+            default_runs.setdefault((*setting(meta), r["fold"]), {})[training] = r["mean_dice"]
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
             recipe = recipe_of(row)
@@ -353,7 +353,7 @@ def recipe_sweep(tables: dict[str, dict[str, Any]]) -> str:
                 "per_class": ", ".join(f"{c} {sum(r[c]['dice'] for r in runs) / len(runs):.3f}"
                                        for c in table["classes"])})
             entry["tables"].append(name)
-            reference = [r for r in rows if base_trainer_name(r["trainer"]) == "nnUNetTrainer" and r["fold"] in folds]
+            reference = [r for r in defaults if r["fold"] in folds]
             if entry["reference"] is None and len(reference) == len(folds):
                 entry["reference"] = sum(r["mean_dice"] for r in reference) / len(reference)
                 entry["reference_losses"] = losses(reference)
