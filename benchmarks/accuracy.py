@@ -506,6 +506,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.score_only and args.test:
         parser.error("--score-only scores the folds' validation only (no --test)")
+    try:
+        import monai  # noqa: F401
+    except ImportError:
+        # checked before planning: a run without it trained every fold and then failed in the scoring pool
+        parser.error("the scoring needs MONAI (pip install monai): install it before training")
 
     import torch
     gpus = torch.cuda.device_count() if args.gpus is None else args.gpus

@@ -183,6 +183,19 @@ def test_score_only_fractions_without_the_runs_splits_file_says_what_to_copy(tmp
     assert "preprocessed/Dataset901_Copied/splits_final.json" in proc.stderr
 
 
+def test_a_run_without_monai_stops_before_planning(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "monai", None)  # import monai raises ImportError
+    raw = tmp_path / "raw" / "Dataset901_Copied"
+    raw.mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        accuracy.main(["--raw", str(raw), "--work", str(tmp_path / "work"), "--trainers", "nnUNetTrainerLightMedSeg",
+                       "--folds", "0", "--epochs", "1", "--iterations", "1", "--name", "nomonai",
+                       "--out", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert "needs MONAI" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 @pytest.mark.slow
 def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     raw = make_dataset(nnunet_env.raw, 987, "Accuracy", num_train=6, num_test=2, shape=(32, 32, 32), seed=27)
