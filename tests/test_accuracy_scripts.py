@@ -211,7 +211,8 @@ def test_accuracy_pipeline_end_to_end(nnunet_env, tmp_path):
     kinds = [(r["kind"], r.get("train_fraction")) for r in table["rows"]]
     assert kinds == [("cross-validation", 0.5), ("cross-validation", 1.0), ("test ensemble", None)]
     assert table["rows"][-1]["cases"] == sorted(p.name for p in (raw / "labelsTs").iterdir())
-    trained = tmp_path / "work" / "results_1epx5it" / raw.name / "nnUNetTrainerLightMedSeg__nnUNetPlans__3d_fullres"
+    [budget_trainer] = accuracy.budget_trainers(["nnUNetTrainerLightMedSeg"], 1, 5)
+    trained = tmp_path / "work" / "results_1epx5it" / raw.name / f"{budget_trainer}__nnUNetPlans__3d_fullres"
     assert "--name tiny" in json.loads((trained / "fold_0" / "trained_by.json").read_text())["command"]
     for row in table["rows"]:  # the mean over the classes, each scored (not NaN: an empty class scores 1 or 0)
         assert row["mean_dice"] == pytest.approx(np.mean([row[c]["dice"] for c in table["classes"]]))
