@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -506,10 +507,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.score_only and args.test:
         parser.error("--score-only scores the folds' validation only (no --test)")
-    try:
-        import monai  # noqa: F401
-    except ImportError:
-        # checked before planning: a run without it trained every fold and then failed in the scoring pool
+    if importlib.util.find_spec("monai") is None:
+        # checked before planning (found, not imported: only the scoring workers import it): a run without it
+        # trained every fold and then failed in the scoring pool
         parser.error("the scoring needs MONAI (pip install monai): install it before training")
 
     import torch

@@ -184,7 +184,7 @@ def test_score_only_fractions_without_the_runs_splits_file_says_what_to_copy(tmp
 
 
 def test_a_run_without_monai_stops_before_planning(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "monai", None)  # import monai raises ImportError
+    monkeypatch.setitem(sys.modules, "monai", None)  # as if not installed: find_spec gives None
     raw = tmp_path / "raw" / "Dataset901_Copied"
     raw.mkdir(parents=True)
     with pytest.raises(SystemExit) as exit_info:
