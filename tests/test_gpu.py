@@ -20,17 +20,20 @@ ANISO_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]
 PLANS = Path(__file__).resolve().parents[1] / "benchmarks" / "plans" / "Dataset027_ACDC_nnUNetPlans.json"
 
 
-def paper(deep_supervision: bool = False, cuda_graphs: bool = True) -> LightMedSeg:
-    """The paper preset as nnU-Net's trainers build it (``accelerate``), on the GPU in eval mode."""
+def paper(deep_supervision: bool = False, cuda_graphs: bool = True, **options) -> LightMedSeg:
+    """The paper preset (``options``: fields of its config) as nnU-Net's trainers build it (``accelerate``), on the
+    GPU in eval mode."""
     torch.manual_seed(0)
-    network = LightMedSeg.from_preset("paper", 2, 4, strides=ANISO_STRIDES, deep_supervision=deep_supervision)
+    network = LightMedSeg.from_preset("paper", 2, 4, strides=ANISO_STRIDES, deep_supervision=deep_supervision,
+                                      **options)
     return accelerate(network, cuda_graphs=cuda_graphs).cuda().eval()
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("deep_supervision", [False, True])
-def test_replay_equals_eager_forward(dtype: torch.dtype, deep_supervision: bool) -> None:
-    model = paper(deep_supervision)
+@pytest.mark.parametrize("head_upsampling", ["transposed", "trilinear"])
+def test_replay_equals_eager_forward(dtype: torch.dtype, deep_supervision: bool, head_upsampling: str) -> None:
+    model = paper(deep_supervision, head_upsampling=head_upsampling)
     inputs = [torch.randn(1, 2, 8, 64, 48, device="cuda") for _ in range(3)]
     with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
         replayed = [model(x) for x in inputs]  # kept across calls: each is a copy, not the graph's output buffer

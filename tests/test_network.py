@@ -373,6 +373,22 @@ def test_refined_head_starts_as_the_paper_head_and_refines_where_the_stem_downsa
     assert hidden_conv.weight.grad[:, 4:].abs().sum() > 0  # then the hidden layer learns from the image channel
 
 
+def test_smooth_head_interpolates_the_coarse_logits_across_blocks():
+    smooth = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES, head_upsampling="trilinear",
+                                     deep_supervision=True).eval()
+    assert smooth.head.upsample is None
+    full, coarse = smooth(torch.randn(1, 1, 4, 32, 32))[:2]
+    torch.testing.assert_close(full, torch.nn.functional.interpolate(coarse, size=(4, 32, 32), mode="trilinear"))
+    paper = LightMedSeg.from_preset("paper", 1, 4, strides=ANISO_STRIDES, deep_supervision=True).eval()
+    torch.nn.init.constant_(paper.head.upsample.weight, 0.25)  # the same weight at every position of a block
+    blocks = paper(torch.randn(1, 1, 4, 32, 32))[0]
+    # the paper's head then repeats each coarse voxel over its 2 x 2 block; interpolation does not
+    torch.testing.assert_close(blocks[..., 0::2, 0::2], blocks[..., 1::2, 1::2])
+    assert not torch.allclose(full[..., 0::2, 0::2], full[..., 1::2, 1::2])
+    with pytest.raises(ValueError, match="head upsampling"):
+        LightMedSeg.from_preset("paper", 1, 4, head_upsampling="nearest")
+
+
 # ---------------------------------------------------------------------------------------------------- state_dict
 
 #: (number of entries, number of values, digest of the sorted "name [shape]" lines) of each preset's and ablation's
@@ -396,6 +412,7 @@ STATE_DICTS: dict[str, tuple[int, int, str]] = {
     "use_adaptive_decoder=False": (149, 467303, "bb96135e4fbdd308"),
     "ghost=False": (180, 733277, "d83ece3d7723237b"),
     "refine_head=True": (193, 486333, "50d5feca71c5bc46"),
+    "head_upsampling=trilinear": (186, 485069, "84e69fda7dc3399a"),
 }
 
 
@@ -406,8 +423,9 @@ def pinned_network(name: str, in_channels: int = 1, **kwargs: Any) -> LightMedSe
     if name == "paper, ACDC strides":
         return LightMedSeg.from_preset("paper", in_channels, 4, strides=ANISO_STRIDES, **kwargs)
     option, value = name.split("=")
+    text_options = ("anchor_mode", "head_upsampling")
     return LightMedSeg.from_preset("paper", in_channels, 4,
-                                   **{option: value if option == "anchor_mode" else value == "True"}, **kwargs)
+                                   **{option: value if option in text_options else value == "True"}, **kwargs)
 
 
 def state_dict_signature(model: nn.Module) -> tuple[int, int, str]:

@@ -64,6 +64,7 @@ def train_iterations(trainer, iterations: int = 2) -> list[float]:
     ("nnUNetTrainerLightMedSeg_graphedStep", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_fullResStem", torch.optim.AdamW, 2e-3),
     ("nnUNetTrainerLightMedSeg_fine", torch.optim.AdamW, 2e-3),
+    ("nnUNetTrainerLightMedSeg_smoothHead", torch.optim.AdamW, 2e-3),
 ])
 def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_rate):
     trainer = make_trainer(name)
@@ -81,6 +82,7 @@ def test_variant_trains_with_its_optimiser(planned, name, optimizer, learning_ra
     if refinement is not None:  # it trained: the zero-initialised refinement moved
         assert refinement.out.weight.abs().sum() > 0
     network = unwrap(trainer.network)
+    assert (network.head.upsample is None) == name.endswith("_smoothHead")
     assert network.config.widths == get_preset("fine" if name.endswith("_fine") else "paper").widths
     assert network.training_graphs_enabled == name.endswith("_graphedStep")
     assert len(network.training_graphs) == 0  # on the CPU every one trains eagerly

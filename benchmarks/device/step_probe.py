@@ -3,7 +3,7 @@ on a CUDA GPU, without nnU-Net: what a candidate would cost per iteration before
 iterations on it. AdamW, bf16 autocast, a log-sum-exp stand-in for the loss over the deep-supervision outputs; median
 of 15 steps after 5 warm-up steps; peak memory since the variant was built.
 
-    python3 benchmarks/device/step_probe.py OUT.json
+    python3 benchmarks/device/step_probe.py OUT.json [VARIANT ...]   # all of VARIANTS by default
 """
 import json
 import sys
@@ -18,10 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from speed import median_ms  # noqa: E402  (benchmarks/ is no package)
 
 PAPER_STRIDES = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (1, 2, 2)]  # the ACDC plan's, as the trainer takes them
-VARIANTS = {"paper": ("paper", PAPER_STRIDES),
-            "fullResStem": ("paper", [(1, 1, 1)] + PAPER_STRIDES[:-1]),  # nnUNetTrainerLightMedSeg_fullResStem
-            "large": ("large", PAPER_STRIDES),
-            "fine": ("fine", PAPER_STRIDES)}
+VARIANTS = {"paper": ("paper", PAPER_STRIDES, {}),
+            "fullResStem": ("paper", [(1, 1, 1)] + PAPER_STRIDES[:-1], {}),  # nnUNetTrainerLightMedSeg_fullResStem
+            "large": ("large", PAPER_STRIDES, {}),
+            "fine": ("fine", PAPER_STRIDES, {}),
+            "smoothHead": ("paper", PAPER_STRIDES, {"head_upsampling": "trilinear"})}
 
 
 def step_ms(network: torch.nn.Module, x: torch.Tensor) -> float:
@@ -37,23 +38,26 @@ def step_ms(network: torch.nn.Module, x: torch.Tensor) -> float:
     return median_ms(step, torch.device("cuda"), warmup=5, repeats=15)
 
 
-def main(out: str) -> None:
+def main(out: str, names: list[str]) -> None:
     x = torch.randn(7, 1, 10, 256, 224, device="cuda")
     rows = {}
-    for name, (preset, strides) in VARIANTS.items():
+    for name in names or VARIANTS:
+        preset, strides, options = VARIANTS[name]
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        network = LightMedSeg.from_preset(preset, 1, 4, strides=strides, deep_supervision=True).cuda()
+        network = LightMedSeg.from_preset(preset, 1, 4, strides=strides, deep_supervision=True,
+                                          **options).cuda()
         rows[name] = {"step_ms": round(step_ms(network, x), 1),
                       "peak_GiB": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)}
         print(name, rows[name], flush=True)
         del network
     metadata = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device":
                 torch.cuda.get_device_name(), "torch": torch.__version__,
-                "command": "python3 benchmarks/device/step_probe.py " + out, "input": [7, 1, 10, 256, 224]}
+                "command": " ".join(["python3 benchmarks/device/step_probe.py", out, *names]),
+                "input": [7, 1, 10, 256, 224]}
     with open(out, "w") as f:
         json.dump({"metadata": metadata, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

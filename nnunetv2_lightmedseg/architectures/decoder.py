@@ -2,9 +2,10 @@
 the input-guided refinement of the head's logits (an extension, not in the paper)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
@@ -108,7 +109,12 @@ class AdaptiveMixBlock(nn.Module):
 
 
 class SegmentationHead(nn.Module):
-    """Head: Z = Conv1x1(D_0) at 1/s_0, then Y = ConvTranspose3D(Z) with kernel = stride = s_0.
+    """Head: Z = Conv1x1(D_0) at 1/s_0, then Y = ConvTranspose3D(Z) with kernel = stride = s_0 (the paper's), or
+    with ``upsampling="trilinear"`` Y = trilinear(Z) (an extension, ``LightMedSegConfig.head_upsampling``).
+
+    The paper's transposed convolution maps each coarse voxel's logits alone to its s_0 block, and Z is trained as
+    class logits by deep supervision: the boundaries of Y fall on the block edges. Trilinear upsampling interpolates
+    between neighbouring coarse voxels, so a boundary can lie inside a block; it has no parameters.
 
     Returns both, since Z is also the second deep-supervision output.
 
@@ -116,14 +122,22 @@ class SegmentationHead(nn.Module):
     per axis.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D) -> None:
+    def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D,
+                 upsampling: Literal["transposed", "trilinear"] = "transposed") -> None:
         super().__init__()
+        if upsampling not in ("transposed", "trilinear"):
+            raise ValueError(f"head upsampling must be 'transposed' or 'trilinear', got {upsampling!r}")
         self.logits = nn.Conv3d(in_channels, num_classes, 1)
-        self.upsample = nn.ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
+        self.stem_stride = tuple(stem_stride)
+        self.upsample = (nn.ConvTranspose3d(num_classes, num_classes, kernel_size=stem_stride, stride=stem_stride)
+                         if upsampling == "transposed" else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse = self.logits(x)
-        return self.upsample(coarse), coarse
+        if self.upsample is not None:
+            return self.upsample(coarse), coarse
+        size = [g * s for g, s in zip(coarse.shape[2:], self.stem_stride)]
+        return F.interpolate(coarse, size=size, mode="trilinear", align_corners=False), coarse
 
 
 class InputGuidedRefinement(nn.Module):

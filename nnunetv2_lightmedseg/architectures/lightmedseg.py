@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -15,6 +15,7 @@ from .encoder import TextureRoutedStage
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 StrideLike = Union[int, Sequence[int]]
+HeadUpsampling = Literal["transposed", "trilinear"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class LightMedSegConfig:
     use_adaptive_decoder: bool = True
     ghost: bool = True
     refine_head: bool = False
+    head_upsampling: HeadUpsampling = "transposed"
 
     @property
     def num_stages(self) -> int:
@@ -145,8 +147,8 @@ class LightMedSeg(nn.Module):
     ``use_film=False`` identity FiLM; ``use_texture_routing=False`` plain Detail branch;
     ``use_skip_router=False`` plain U-Net skips skip_l = E_l; ``use_position_bias=False`` U_l' = U_l;
     ``use_adaptive_decoder=False`` one Ghost branch; ``ghost=False`` plain 3x3x3 convolutions;
-    ``anchor_mode="mlp"`` global pool + MLP anchors. Extension, not in the paper: ``refine_head=True`` gives
-    Y' = InputGuidedRefinement(Y, X).
+    ``anchor_mode="mlp"`` global pool + MLP anchors. Extensions, not in the paper: ``refine_head=True`` gives
+    Y' = InputGuidedRefinement(Y, X); ``head_upsampling="trilinear"`` gives Y = trilinear(Conv1x1(D_0)).
 
     This class is the architecture, in plain PyTorch modules. How it runs fast is switched in beside it:
     ``nnunetv2_lightmedseg.execution.accelerate(network)`` (which nnU-Net's trainers apply) changes how some
@@ -196,7 +198,7 @@ class LightMedSeg(nn.Module):
             AdaptiveMixBlock(stage_widths[l], stage_widths[l], stage_widths[l], adaptive=config.use_adaptive_decoder,
                              ghost=config.ghost, se_reduction=config.se_reduction)
             for l in range(n - 1))
-        self.head = SegmentationHead(stage_widths[0], num_classes, strides[0])
+        self.head = SegmentationHead(stage_widths[0], num_classes, strides[0], config.head_upsampling)
         self.refinement = InputGuidedRefinement(num_classes, in_channels, strides[0]) if config.refine_head else None
         self.auxiliary_heads = nn.ModuleList(nn.Conv3d(stage_widths[l], num_classes, 1) for l in range(1, n - 1))
 

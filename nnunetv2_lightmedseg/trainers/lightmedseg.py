@@ -216,6 +216,15 @@ class nnUNetTrainerLightMedSeg_refinedHead(nnUNetTrainerLightMedSeg):
     network_options = {"refine_head": True}
 
 
+class nnUNetTrainerLightMedSeg_smoothHead(nnUNetTrainerLightMedSeg):
+    """The paper network with its head's transposed convolution replaced by trilinear upsampling of the logits
+    (``LightMedSegConfig.head_upsampling``, ``SegmentationHead``): the paper's head computes each block of the stem's
+    stride from that block's coarse logits alone, and what that costs a label map is in
+    ``benchmarks/results/head_ceiling_acdc.md``. No parameters in the upsampling, no extra activations."""
+
+    network_options = {"head_upsampling": "trilinear"}
+
+
 class nnUNetTrainerLightMedSeg_fullResStem(nnUNetTrainerLightMedSeg):
     """The paper network with its stem at the input resolution: strides (1, 1, 1), then the plan's first N - 1, so
     that stage 0 and the last decoder level see every voxel, as nnU-Net default's first stage does (the paper's stem
