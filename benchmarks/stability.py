@@ -1,9 +1,9 @@
 """Numerical stability on the GPU: a trainer under bf16 and fp16 autocast on real, augmented nnU-Net patches.
 
-The trainer is nnU-Net's own (data loading, augmentation, deep-supervision loss, SGD, poly learning rate,
-torch.compile as nnU-Net sets it up); only the step is written out here so that every iteration's loss and
-gradient norm can be checked. fp16 uses nnU-Net's GradScaler, which skips a step whose gradients overflow and
-lowers the scale: those skips are counted apart from non-finite values that reach the weights.
+The trainer is nnU-Net's own (data loading, augmentation, deep-supervision loss, the trainer's optimiser and
+learning-rate schedule, torch.compile as nnU-Net sets it up); only the step is written out here so that every
+iteration's loss and gradient norm can be checked. fp16 uses nnU-Net's GradScaler, which skips a step whose
+gradients overflow and lowers the scale: those skips are counted apart from non-finite values that reach the weights.
 
 Usage (after ``nnUNetv2_plan_and_preprocess``, with the nnU-Net variables and ``nnUNet_extTrainer`` set)::
 
@@ -85,7 +85,9 @@ def run_stability(dataset: str, trainer_name: str, dtype: str, iterations: int, 
         trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))
     trainer.on_train_end()
     return {
-        "dtype": dtype, "trainer": trainer_name, "dataset": dataset, "fold": fold, "iterations": iterations,
+        "dtype": dtype, "trainer": trainer_name, "recipe": getattr(trainer, "recipe", None),
+        "optimizer": type(trainer.optimizer).__name__, "compiled": trainer._do_i_compile(),
+        "dataset": dataset, "fold": fold, "iterations": iterations,
         "batch_size": trainer.batch_size, "patch_size": list(trainer.configuration_manager.patch_size),
         "nonfinite_loss": nonfinite_loss, "nonfinite_grad_applied": nonfinite_grad,
         "fp16_overflow_steps_skipped_by_scaler": skipped if scaler is not None else None,

@@ -43,12 +43,8 @@ for _ in $(seq 60); do
 done
 wants main && "${ACC[@]}" --trainers "${MAIN[@]}" --folds "${FOLDS[@]}" --jobs-per-gpu $(per_gpu $((3 * ${#FOLDS[@]}))) \
     --name $NAME > $W/main.log 2>&1 &
-for DTYPE in bf16 fp16; do
-    wants stability || break
-    nnUNet_raw=/opt/data nnUNet_preprocessed=$W/preprocessed nnUNet_results=$W/stability_results_$DTYPE \
-    python3 benchmarks/stability.py -d 27 -tr nnUNetTrainerLightMedSeg --iterations 2000 --dtypes $DTYPE \
-        --out $OUT/stability_$DTYPE.json > $W/stability_$DTYPE.log 2>&1 &
-done
+source benchmarks/device/stability.sh
+wants stability && start_stability bf16 fp16
 wants ablations && nice -n 10 "${ACC[@]}" --trainers "${REFERENCE[@]}" "${ABLATIONS[@]}" --folds 0 \
     --jobs-per-gpu $(per_gpu $((9 + ${#REFERENCE[@]}))) --name acdc_ablation_tmp --out $W/tmp > $W/ablation.log 2>&1 &
 wait

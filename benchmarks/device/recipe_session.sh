@@ -6,6 +6,7 @@
 #   TRAININGS: "TRAINER[,TRAINER...]:FOLDS:DA_WORKERS" entries, FOLDS as 0+1; default: nnU-Net default on folds 0 and 1
 #   with 6 augmentation workers each, LightMedSeg (nnU-Net's CPU augmentation) with 4, LightMedSeg_gpuDA with 2
 #   (it augments on the GPU: its workers only load and crop).
+#   STABILITY: dtypes of the stability runs (stability.sh) to run beside the trainings, e.g. "bf16 fp16"; none by default
 set -u
 source benchmarks/device/env.sh
 OUT=/opt/out W=/opt/acc RAW=/opt/data/Dataset027_ACDC
@@ -30,6 +31,11 @@ if ! "${ACC[@]}" --trainers nnUNetTrainerLightMedSeg --name plan --plan-only > $
     exit 1
 fi
 echo "planned $(date -u +%T)"
+# the stability runs train as nnUNetv2_train does (compiled), with their own 2 augmentation workers each
+# (wait for these and the trainings by their ids: a plain wait would also wait for the sampler, which ends at DONE)
+PIDS=()
+source benchmarks/device/stability.sh
+nnUNet_n_proc_DA=2 start_stability ${STABILITY:-}
 export nnUNet_compile=f nnUNet_def_n_proc=2 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 ALL_TRAINERS=() ALL_FOLDS=()
 for i in "${!TRAININGS[@]}"; do
@@ -38,9 +44,10 @@ for i in "${!TRAININGS[@]}"; do
     ALL_TRAINERS+=("${trainers[@]}") ALL_FOLDS+=("${folds[*]}")
     nnUNet_n_proc_DA=$workers "${ACC[@]}" --trainers "${trainers[@]}" --folds "${folds[@]}" \
         --jobs-per-gpu $(( ${#trainers[@]} * ${#folds[@]} )) --name ${NAME}_group$i > $W/group$i.log 2>&1 &
+    PIDS+=($!)
     sleep 5  # each invocation rewrites splits_final.json (same content): not at the same moment
 done
-wait
+wait "${PIDS[@]}"
 echo "trained $(date -u +%T)"
 if [ $(printf '%s\n' "${ALL_FOLDS[@]}" | sort -u | wc -l) = 1 ]; then
     "${ACC[@]}" --trainers "${ALL_TRAINERS[@]}" --folds ${ALL_FOLDS[0]} --name $NAME > $W/eval.log 2>&1
