@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 from queue import Empty, Queue
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -237,24 +237,30 @@ def score_case(pred_file: Path, labels: Path, labels_or_regions: dict[str, Any])
     false positive and false negative voxels as fractions of the reference's volume (None where the reference is
     empty): which of the two a Dice lost, over- or under-segmentation."""
     import SimpleITK as sitk
-    import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance
     ref_image = sitk.ReadImage(str(labels / pred_file.name))
-    spacing = ref_image.GetSpacing()[::-1]
     ref = sitk.GetArrayFromImage(ref_image)
     pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_file)))
-    row: dict[str, Any] = {"case": pred_file.name}
+    return {"case": pred_file.name, **score_arrays(pred, ref, ref_image.GetSpacing()[::-1], labels_or_regions)}
+
+
+def score_arrays(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels_or_regions: dict[str, Any],
+                 hd95: bool = True) -> dict[str, Any]:
+    """:func:`score_case` on label arrays of one grid (spacing in mm, in the arrays' axis order); ``hd95=False``
+    leaves HD95 out (NaN), the slow part."""
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    row: dict[str, Any] = {}
     for name, value in labels_or_regions.items():
         members = value if isinstance(value, list) else [value]
         p = torch.from_numpy(np.isin(pred, members))[None, None]
         r = torch.from_numpy(np.isin(ref, members))[None, None]
         dice = compute_dice(p, r, include_background=True, ignore_empty=False).item()
-        hd95 = float("nan")
-        if p.any() and r.any():
-            hd95 = compute_hausdorff_distance(p, r, include_background=True, percentile=95,
-                                              spacing=list(spacing)).item()
+        distance = float("nan")
+        if hd95 and p.any() and r.any():
+            distance = compute_hausdorff_distance(p, r, include_background=True, percentile=95,
+                                                  spacing=list(spacing)).item()
         volume = int(r.sum())
-        row[name] = {"dice": dice, "hd95": hd95,
+        row[name] = {"dice": dice, "hd95": distance,
                      "false_positive_fraction": int((p & ~r).sum()) / volume if volume else None,
                      "false_negative_fraction": int((r & ~p).sum()) / volume if volume else None}
     return row

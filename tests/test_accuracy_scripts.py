@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import accuracy
+import head_ceiling
 import plots
 import readme_tables
 import utilization
@@ -268,3 +269,23 @@ def test_utilization_counts_the_samples_of_the_training_window(tmp_path):
     unfinished.write_text("2026-12-02 10:00:10.1: Epoch 0 \n")
     with pytest.raises(ValueError, match="did training end"):
         utilization.training_window([unfinished])
+
+
+def test_head_ceiling_scores_labels_through_blocks(tmp_path):
+    """Labels aligned with the blocks come back whole either way; a boundary inside the blocks does not, nearest."""
+    import SimpleITK as sitk
+    labels = tmp_path / "labelsTr"
+    labels.mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "a": 1}}))
+    aligned = np.zeros((2, 8, 8), np.uint8)
+    aligned[:, 2:6, 2:6] = 1
+    inside = np.zeros((2, 8, 8), np.uint8)
+    inside[:, 1:6, 1:6] = 1  # edges at odd indices: inside 2 x 2 blocks
+    for name, array in (("aligned", aligned), ("inside", inside)):
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(labels / f"{name}.nii.gz"))
+    rows = head_ceiling.main(["--labels", str(labels), "--block", "1", "2", "2", "--name", "t", "--out",
+                              str(tmp_path), "--predictions", f"copy={labels}"])
+    by = {(r["labels"], r["through_blocks"]): r for r in rows}
+    assert by[("copy", "as is")]["mean_dice"] == 1.0
+    assert by[("reference", "nearest")]["mean_dice"] < 1.0
+    assert (tmp_path / "head_ceiling_t.md").read_text().count("| reference |") == 2
