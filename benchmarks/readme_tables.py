@@ -478,14 +478,18 @@ def stability_table() -> str:
     files = sorted(RESULTS.glob("stability_*.json"))
     if not files:
         return "No stability results yet: run `python benchmarks/stability.py` on a GPU.\n"
-    lines = ["| Autocast | Device | Iterations (batch x patch) | Non-finite losses | Non-finite gradients applied | "
-             "fp16 steps skipped by the scaler | Final grad scale | Weights finite | s / iteration | File |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|---|"]
+    lines = ["| Autocast | Recipe | Device | Date | Iterations (batch x patch) | Non-finite losses | "
+             "Non-finite gradients applied | fp16 steps skipped by the scaler | Final grad scale | Weights finite | "
+             "s / iteration | File |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---|---:|---|"]
     for file in files:
         table = json.loads(file.read_text())
         for run in table["runs"]:
             shape = f"{run['batch_size']} x {' x '.join(map(str, run['patch_size']))}"
-            lines.append(f"| {run['dtype']} | {table['metadata']['device']} | {run['iterations']} ({shape}) | "
+            # runs before the recipe was recorded trained with nnU-Net's SGD (LightMedSeg's default before 0.2)
+            recipe = run.get("recipe") or "nnUNetSGD"
+            lines.append(f"| {run['dtype']} | {recipe} | {table['metadata']['device']} | "
+                         f"{table['metadata']['date'][:10]} | {run['iterations']} ({shape}) | "
                          f"{run['nonfinite_loss']} | {run['nonfinite_grad_applied']} | "
                          f"{cell(run['fp16_overflow_steps_skipped_by_scaler'], 'd')} | "
                          f"{cell(run['final_grad_scale'], '.0f')} | {run['weights_finite_at_end']} | "

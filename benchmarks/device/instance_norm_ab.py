@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from nnunetv2_lightmedseg.architectures import LightMedSeg  # noqa: E402
 from nnunetv2_lightmedseg.architectures.lightmedseg import get_preset  # noqa: E402
 from nnunetv2_lightmedseg.execution import triton_instance_norm as tin  # noqa: E402
+from nnunetv2_lightmedseg.provenance import provenance  # noqa: E402
 
 PLAN = ROOT / "benchmarks" / "plans" / "Dataset027_ACDC_nnUNetPlans.json"
 EPS, SLOPE = 1e-5, tin.NEGATIVE_SLOPE
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "triton": tin.triton.__version__, "x_dtype": "bfloat16", "autocast": "bfloat16",
         "rounds": args.rounds, "repeats": args.repeats, "flush_l2": device.type == "cuda" and not args.no_flush,
-        "smoke": args.smoke,
+        "smoke": args.smoke, "provenance": provenance(device),
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=list))
