@@ -58,18 +58,17 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                     for name, folder in (p.split("=", 1) for p in args.predictions)})
     rows = []
     for name, files in sources.items():
-        scores = {"as is": [], "nearest": [], "trilinear": []}
+        # the reference as is would only score against itself
+        scores = {mode: [] for mode in (() if name == "reference" else ("as is",)) + ("nearest", "trilinear")}
         for file in files:
             ref = sitk.ReadImage(str(args.labels / file.name))
             spacing = ref.GetSpacing()[::-1]
             ref = crop(sitk.GetArrayFromImage(ref), block)
-            source = crop(sitk.GetArrayFromImage(sitk.ReadImage(str(file))), block)
+            source = ref if name == "reference" else crop(sitk.GetArrayFromImage(sitk.ReadImage(str(file))), block)
             for mode in scores:
                 labels = source if mode == "as is" else blocked(source, block, num_classes, mode)
                 scores[mode].append(score_arrays(labels, ref, spacing, classes, hd95=False))
         for mode, cases in scores.items():
-            if name == "reference" and mode == "as is":
-                continue
             dice = {c: float(np.mean([case[c]["dice"] for case in cases])) for c in classes}
             rows.append({"labels": name, "through_blocks": mode, "cases": len(cases), "dice": dice,
                          "mean_dice": float(np.mean(list(dice.values())))})

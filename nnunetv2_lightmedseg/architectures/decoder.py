@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .blocks import (
@@ -17,6 +16,8 @@ from .blocks import (
     normalized_grid,
     resize_to,
 )
+
+HeadUpsampling = Literal["transposed", "trilinear"]
 
 
 class SkipRouter(nn.Module):
@@ -123,7 +124,7 @@ class SegmentationHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, num_classes: int, stem_stride: Stride3D,
-                 upsampling: Literal["transposed", "trilinear"] = "transposed") -> None:
+                 upsampling: HeadUpsampling = "transposed") -> None:
         super().__init__()
         if upsampling not in ("transposed", "trilinear"):
             raise ValueError(f"head upsampling must be 'transposed' or 'trilinear', got {upsampling!r}")
@@ -136,8 +137,7 @@ class SegmentationHead(nn.Module):
         coarse = self.logits(x)
         if self.upsample is not None:
             return self.upsample(coarse), coarse
-        size = [g * s for g, s in zip(coarse.shape[2:], self.stem_stride)]
-        return F.interpolate(coarse, size=size, mode="trilinear", align_corners=False), coarse
+        return resize_to(coarse, [g * s for g, s in zip(coarse.shape[2:], self.stem_stride)]), coarse
 
 
 class InputGuidedRefinement(nn.Module):

@@ -4,18 +4,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Optional, Sequence, Union
+from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .blocks import GhostConv3D, Stride3D, resize_to
-from .decoder import AdaptiveMixBlock, AnchorPositionBias, InputGuidedRefinement, SegmentationHead, SkipRouter
+from .decoder import (
+    AdaptiveMixBlock,
+    AnchorPositionBias,
+    HeadUpsampling,
+    InputGuidedRefinement,
+    SegmentationHead,
+    SkipRouter,
+)
 from .encoder import TextureRoutedStage
 from .priors import AnchorMode, Anchors, GlobalAnchorDetector, LocalStructuralPrior
 
 StrideLike = Union[int, Sequence[int]]
-HeadUpsampling = Literal["transposed", "trilinear"]
 
 
 @dataclass(frozen=True)
